@@ -1,0 +1,3 @@
+"""fizzbot: learn how a group chat talks."""
+
+__version__ = "0.1.0"

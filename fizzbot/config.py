@@ -1,0 +1,345 @@
+"""One typed configuration for every stage: YAML files, `key.sub=value` overrides, clear errors.
+
+Every field is documented once, here. `fizzbot <command> --config FILE key.sub=value ...` loads the
+file, applies the overrides in order, and validates the result; an unknown key or a bad value is
+refused with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+class Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+FormatName = Literal["auto", "seed", "discord", "discord_csv", "slack", "telegram", "irc"]
+
+
+class DataConfig(Section):
+    """Reading chat exports (`fizzbot prepare`) and the prepared data that training reads."""
+
+    inputs: list[str] = Field(default_factory=list, description="Chat exports to prepare: files, folders or Slack zips.")
+    format: FormatName = Field("auto", description="Export format of `inputs`; `auto` detects it per file.")
+    output: str = Field("data/prepared", description="Folder `fizzbot prepare` writes.")
+    path: str = Field(
+        "data/prepared",
+        description="Training data: a prepared folder, or one JSONL of {context, target} rows "
+        "(the original tool's training_examples.jsonl, with speaker_map.json beside it).",
+    )
+    val_split: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction held out for validation.")
+    val_split_by: Literal["time", "channel"] = Field(
+        "time", description="`time`: the latest messages of each channel; `channel`: whole channels."
+    )
+    val_jsonl: str | None = Field(None, description="A JSONL of validation rows; replaces val_split when set.")
+    min_context_messages: int = Field(1, ge=0, description="Fewest messages in a context window.")
+    max_context_messages: int = Field(12, ge=1, description="Most messages in a context window.")
+    max_context_chars: int = Field(2000, ge=16, description="Context budget in characters; oldest messages go first.")
+    max_message_chars: int = Field(2000, ge=16, description="Longer messages are cut to this many characters.")
+    conversation_gap_minutes: float = Field(
+        60.0, gt=0, description="A silence this long ends a conversation: no context reaches across it."
+    )
+    max_speakers: int = Field(
+        64, ge=2, description="Speaker tokens: the most active users get <S0>.. ; the rest share the last one."
+    )
+    drop_bots: bool = Field(True, description="Drop messages by bots (flagged by the export, or named below).")
+    bot_usernames: list[str] = Field(default_factory=list, description="More usernames to treat as bots.")
+    flood_min_authors: int = Field(3, ge=2, description="One text from this many authors in flood_window_seconds is a flood.")
+    flood_window_seconds: float = Field(120.0, gt=0, description="Time window of the flood filter.")
+    flood_min_chars: int = Field(10, ge=1, description="Shorter texts (\"lol\", \"thanks\") never count as floods.")
+    scrub_pii: bool = Field(False, description="Replace e-mail addresses, phone numbers and IP addresses.")
+    irc_channel: str | None = Field(None, description="Channel name for IRC logs that do not name one.")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="`fail`: stop on bad input before writing; `skip`: count, sample and go on."
+    )
+    seed: int = Field(0, description="Seed of the randomised context windows.")
+    shard_messages: int = Field(
+        10000, ge=100, description="Messages per unit of parallel windowing work (whole segments)."
+    )
+
+    @model_validator(mode="after")
+    def _check_context_bounds(self) -> "DataConfig":
+        if self.min_context_messages > self.max_context_messages:
+            raise ValueError(
+                f"data.min_context_messages ({self.min_context_messages}) is larger than "
+                f"data.max_context_messages ({self.max_context_messages}); lower the first or raise the second"
+            )
+        return self
+
+
+class TinyModelConfig(Section):
+    """The built-in model: a small Llama-shaped network with a BPE tokenizer trained on the corpus."""
+
+    vocab_size: int = Field(4096, ge=300, description="BPE vocabulary (before the speaker tokens).")
+    hidden_size: int = Field(256, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(768, ge=16)
+    max_position_embeddings: int = Field(1024, ge=64)
+    tie_word_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.tiny.hidden_size ({self.hidden_size}) must be a multiple of model.tiny.num_heads ({self.num_heads})"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.tiny.num_heads ({self.num_heads}) must be a multiple of model.tiny.num_kv_heads ({self.num_kv_heads})"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        "tiny", description="`tiny` (the built-in model), a Hugging Face hub id, or a local model folder."
+    )
+    method: Literal["full", "lora", "qlora"] = Field("lora", description="Full fine-tuning, LoRA, or QLoRA (4-bit nf4).")
+    tokenizer: str | None = Field(None, description="Tokenizer to use instead of the base model's own.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and compute dtype; `auto` is bfloat16 on GPU and float32 on CPU."
+    )
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters; `all-linear` is every linear layer but the output head."
+    )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_double_quant: bool = True
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class TrainingConfig(Section):
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL between them.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per CPU worker; default cores/workers.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Rows per micro-batch on each worker.")
+    max_tokens_per_batch: int | None = Field(
+        None, ge=64, description="Cap on (rows x padded length) per micro-batch; long rows make smaller batches."
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0)
+    embedding_learning_rate: float | None = Field(
+        None, gt=0, description="Learning rate of the trained token rows (speaker tokens); default learning_rate."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(512, ge=16, description="Longer rows lose their oldest context messages.")
+    batching: Literal["bucket", "pad"] = Field(
+        "bucket", description="`bucket`: rows of similar length batch together; `pad`: rows in data order."
+    )
+    bucket_size_multiplier: int = Field(16, ge=1, description="Rows sorted by length within pools of batch x this.")
+    eval_steps: int = Field(50, ge=1)
+    eval_max_batches: int | None = Field(None, ge=1, description="Cap evaluation at this many batches per worker.")
+    save_steps: int = Field(100, ge=1)
+    log_steps: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="Best checkpoints kept, by validation loss.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint.")
+    seed: int = 0
+    deepspeed: bool = Field(False, description="DeepSpeed ZeRO (GPU only).")
+    zero_stage: Literal[1, 2, 3] = 2
+    compile: bool = Field(False, description="torch.compile the model (GPU).")
+    chunked_loss: bool = Field(
+        True, description="Compute the loss only at target positions, never materialising full-vocabulary logits."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingConfig":
+        if self.deepspeed and not self.use_gpu:
+            raise ValueError(
+                "training.deepspeed needs training.use_gpu=true; DeepSpeed ZeRO runs on GPUs only "
+                "(set training.deepspeed=false to train on CPU)"
+            )
+        return self
+
+
+class RunConfig(Section):
+    name: str = Field("fizzbot", pattern=r"^[A-Za-z0-9_.-]+$", description="Runs go to <run.dir>/<run.name>/<timestamp>/.")
+    dir: str = Field("runs", description="Where runs live: a local path or a URI Ray Train accepts (s3://, gs://).")
+    resume: bool = Field(True, description="Resume the newest unfinished run of this name instead of starting anew.")
+
+
+class GenerateConfig(Section):
+    """Inference defaults (the original tool's run_config.yaml)."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.8, ge=0.0, description="0 is greedy decoding.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 turns top-k off.")
+    repetition_penalty: float = Field(1.1, gt=0.0)
+    turns: int = Field(1, ge=1)
+    eos_stop: bool = Field(True, description="Stop at the model's end-of-sequence token as well as <EOT>.")
+    seed: int | None = None
+    max_prompt_tokens: int = Field(768, ge=8, description="Longer contexts lose their oldest messages.")
+    tokenizer_model: str | None = Field(None, description="Tokenizer for a checkpoint saved without one.")
+    forbid_speakers: list[str] = Field(default_factory=list, description="Usernames or tokens never to speak as.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
+    compile: bool = Field(False, description="Static KV cache with CUDA graphs (GPU).")
+
+
+class AutoscalingConfig(Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+
+
+class ServeConfig(Section):
+    model_dir: str | None = Field(None, description="Checkpoint to serve; unset means the newest run's best.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = Field(None, description="When set, every route but /healthz needs `Authorization: Bearer <key>`.")
+    model_name: str = Field("fizzbot", description="Model id shown by /v1/models.")
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_prompt_tokens: int = Field(1024, ge=8)
+    max_new_tokens: int = Field(256, ge=1)
+    max_turns: int = Field(8, ge=1)
+    max_n: int = Field(4, ge=1, description="Most completions per request (OpenAI `n`).")
+    max_concurrent_requests: int = Field(32, ge=1, description="Requests decoded at once on a replica.")
+    max_queued_requests: int = Field(64, ge=0, description="Requests waiting beyond those; more get 503.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a new batch waits to fill.")
+    log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
+    blocking: bool = Field(True, description="`fizzbot serve` waits until interrupted.")
+
+
+class FizzbotConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "FizzbotConfig":
+        if self.training.deepspeed and self.model.method == "qlora":
+            raise ValueError(
+                "training.deepspeed does not combine with model.method=qlora (4-bit weights are not "
+                "sharded by ZeRO); use model.method=lora or training.deepspeed=false"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.max_steps=50` -> (["training", "max_steps"], 50); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (example: training.max_steps=50)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not valid YAML: take it as a plain string
+    return key.split("."), value
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        sub = getattr(annotation, "__args__", (annotation,))
+        for candidate in sub:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                keys.extend(_known_keys(candidate, prefix + name + "."))
+    return keys
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(errors: ValidationError, source: str) -> str:
+    known = _known_keys(FizzbotConfig)
+    lines = []
+    for err in errors.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{key}: unknown key{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            lines.append(f"{key}: {msg}{shown}" if key else msg)
+    return f"invalid config{source}:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FizzbotConfig:
+    """Read a YAML config (or the defaults), apply `key.sub=value` overrides, validate."""
+    tree: dict = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        source = f" ({path})"
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+        tree = copy.deepcopy(loaded)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _set_path(tree, keys, value)
+    try:
+        return FizzbotConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def replace(cfg: FizzbotConfig, *overrides: str) -> FizzbotConfig:
+    """A copy of `cfg` with overrides applied and validated."""
+    tree = cfg.model_dump(mode="json")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(tree, keys, value)
+    try:
+        return FizzbotConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "")) from None

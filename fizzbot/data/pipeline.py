@@ -1,0 +1,285 @@
+"""`fizzbot prepare`: chat exports -> train.jsonl, val.jsonl, speaker_map.json, stats.json, report.png.
+
+The stages (fizzbot.data.stages) run as Ray Data map operators over work items (input units,
+channel clusters, segment shards), or in one plain process with `use_ray=False`; between them the
+driver does the two small reductions that need the whole corpus (clusters, then the speaker map and
+the split). The output folder is built under a hidden partial name and renamed into place at the
+end, so an interrupted run never leaves a folder that looks complete.
+
+    fizzbot prepare --input logs/ --output data/prepared
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fizzbot.config import DataConfig
+from fizzbot.data.formats import SourceUnit, expand_inputs
+from fizzbot.data.io import atomic_directory, atomic_write_text
+from fizzbot.data.messages import InputError
+from fizzbot.data.speakers import SpeakerMap, build_speaker_map
+from fizzbot.data.stages import (
+    LENGTH_BINS,
+    ChannelStats,
+    PrepareSettings,
+    merge_stats,
+    plan_clusters,
+    plan_split,
+    read_stage,
+    segment_stage,
+    window_stage,
+)
+
+
+@dataclass
+class PrepareSummary:
+    output: Path
+    messages_read: int
+    messages_kept: int
+    train_examples: int
+    val_examples: int
+    speakers: int
+    channels: int
+    seconds: float
+    stats: dict
+
+
+def _log(message: str) -> None:
+    print(f"[prepare] {message}", file=sys.stderr, flush=True)
+
+
+def _apply_all(fn: Callable, items: list, kwargs: dict) -> list:
+    # An InputError travels back as a value: re-raised in the driver it reads as one clean line,
+    # where raised in a Ray task it would arrive wrapped in Ray's traceback.
+    results = []
+    for item in items:
+        try:
+            results.append(("ok", fn(item, **kwargs)))
+        except InputError as error:
+            results.append(("error", error))
+    return results
+
+
+def run_stage(name: str, fn: Callable, items: list, *, use_ray: bool, **kwargs: Any) -> list:
+    """Apply `fn(item, **kwargs)` to every item, in order; Ray Data map_batches or a plain loop."""
+    start = time.perf_counter()
+    if not items:
+        return []
+    if use_ray:
+        import numpy as np
+        import ray
+        import ray.data
+
+        from fizzbot.ray_utils import quiet_ray_data
+
+        quiet_ray_data()
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # A few blocks per CPU balance the load without paying per-task overhead per item.
+        blocks = min(len(items), 4 * cpus)
+        rows = [{"index": i, "item": pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)} for i, item in enumerate(items)]
+
+        def apply(batch: dict) -> dict:
+            decoded = [pickle.loads(b) for b in batch["item"]]
+            results = _apply_all(fn, decoded, kwargs)
+            return {
+                "index": batch["index"],
+                "result": np.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results], dtype=object),
+            }
+
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        out = dataset.map_batches(apply, batch_size=None, num_cpus=1).take_all()
+        out.sort(key=lambda row: row["index"])
+        results = [pickle.loads(row["result"]) for row in out]
+    else:
+        from tqdm import tqdm
+
+        results = _apply_all(fn, tqdm(items, desc=name, unit="item", leave=False, disable=None), kwargs)
+    for status, value in results:
+        if status == "error":
+            raise value
+    _log(f"{name}: {len(items)} items in {time.perf_counter() - start:.1f}s")
+    return [value for _, value in results]
+
+
+def _concatenate(parts: list[str], target: Path) -> None:
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
+
+
+def _read_val_jsonl(path: str) -> list[str]:
+    """Validate an external validation file: every line a {context, target} object."""
+    lines = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"malformed JSON: {exc}", path=path, line=number) from None
+            for key in ("context", "target"):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                    raise InputError("missing or not a string", path=path, line=number, field=key)
+            lines.append(json.dumps(row, ensure_ascii=False))
+    if not lines:
+        raise InputError("no rows", path=path)
+    return lines
+
+
+def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> PrepareSummary:
+    """Run the whole preparation; raises InputError (naming file and line) on bad input."""
+    started = time.perf_counter()
+    settings = PrepareSettings.from_config(data)
+    units: list[SourceUnit] = expand_inputs(data.inputs, data.format)
+    formats = Counter(unit.format for unit in units)
+    _log(f"{len(units)} input units ({', '.join(f'{n} {f}' for f, n in sorted(formats.items()))})")
+    if use_ray:
+        from fizzbot.ray_utils import ensure_ray
+
+        ensure_ray()
+    output = Path(data.output)
+    with atomic_directory(output) as staging:
+        work = staging / "work"
+        for sub in ("runs", "segments", "parts"):
+            (work / sub).mkdir(parents=True)
+
+        # Stage 1: read and filter every unit.
+        read_results = run_stage("read", read_stage, units, use_ray=use_ray, settings=settings, work=work)
+        stats: dict[str, ChannelStats] = {}
+        errors, error_count = [], 0
+        for result in read_results:
+            merge_stats(stats, result.stats)
+            error_count += result.error_count
+            errors.extend(result.errors[: max(0, 20 - len(errors))])
+        runs = [run for result in read_results for run in result.runs]
+        if not runs:
+            raise InputError(
+                "no messages left after cleaning (check data.format, data.drop_bots and the filters in stats)",
+                path=", ".join(data.inputs),
+            )
+
+        # Stage 2: merge each cluster of runs, drop floods, cut into segments and shards.
+        clusters = plan_clusters(runs, settings.gap_seconds, settings.flood_window_seconds)
+        segment_results = run_stage("segment", segment_stage, clusters, use_ray=use_ray, settings=settings, work=work)
+
+        # Reduction: the speaker map over the whole corpus, and the split.
+        counts: Counter = Counter()
+        latest: dict[str, tuple[float, str]] = {}
+        lengths = [0] * (len(LENGTH_BINS) - 1)
+        for result in segment_results:
+            counts.update(result.author_counts)
+            for author, seen in result.usernames.items():
+                if author not in latest or seen >= latest[author]:
+                    latest[author] = seen
+            channel_stats = stats[result.channel]
+            channel_stats.dropped["flood"] += result.flood_dropped
+            channel_stats.kept += result.kept
+            channel_stats.segments += len(result.segment_sizes)
+            lengths = [a + b for a, b in zip(lengths, result.lengths)]
+        if not counts:
+            raise InputError("no messages left after the flood filter", path=", ".join(data.inputs))
+        speaker_map = build_speaker_map(counts, {a: name for a, (_, name) in latest.items()}, data.max_speakers)
+        val_from = plan_split(segment_results, data.val_split, data.val_split_by, data.seed, data.val_jsonl is not None)
+
+        # Stage 3: window every shard into examples.
+        tokens = {s.author_id: s.token for s in speaker_map.speakers}
+        shards = [shard for result in segment_results for shard in result.shards]
+        tasks = [(shard, {sid: val_from[sid] for sid in shard.segments}) for shard in shards]
+        window_results = run_stage(
+            "window",
+            _window_task,
+            tasks,
+            use_ray=use_ray,
+            tokens=tokens,
+            other_token=speaker_map.other_token,
+            settings=settings,
+            work=work,
+        )
+        for result in window_results:
+            for channel, n in result.train_by_channel.items():
+                stats[channel].train_examples += n
+            for channel, n in result.val_by_channel.items():
+                stats[channel].val_examples += n
+
+        _concatenate([r.train_path for r in window_results], staging / "train.jsonl")
+        if data.val_jsonl:
+            atomic_write_text(staging / "val.jsonl", "\n".join(_read_val_jsonl(data.val_jsonl)) + "\n")
+        else:
+            _concatenate([r.val_path for r in window_results], staging / "val.jsonl")
+        shutil.rmtree(work)
+        speaker_map.save(staging / "speaker_map.json")
+
+        n_train = sum(s.train_examples for s in stats.values())
+        n_val = sum(s.val_examples for s in stats.values()) if not data.val_jsonl else _count_lines(staging / "val.jsonl")
+        if n_train == 0:
+            raise InputError(
+                "no training examples: every conversation is shorter than data.min_context_messages + 1",
+                path=", ".join(data.inputs),
+            )
+        stats_doc = _stats_document(data, units, formats, stats, speaker_map, counts, lengths, errors, error_count, n_train, n_val)
+        stats_doc["seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_text(staging / "stats.json", json.dumps(stats_doc, indent=2, ensure_ascii=False) + "\n")
+        if report:
+            from fizzbot.data.report import draw_report
+
+            draw_report(stats_doc, speaker_map, staging / "report.png")
+    seconds = time.perf_counter() - started
+    total_read = sum(s.read for s in stats.values())
+    total_kept = sum(s.kept for s in stats.values())
+    _log(
+        f"{total_read:,} messages read, {total_kept:,} kept; {n_train:,} train and {n_val:,} val examples; "
+        f"{len(speaker_map.tokens)} speaker tokens; {seconds:.1f}s -> {output}"
+    )
+    return PrepareSummary(output, total_read, total_kept, n_train, n_val, len(speaker_map.tokens), len(stats), seconds, stats_doc)
+
+
+def _window_task(task, **kwargs):
+    shard, val_from = task
+    return window_stage(shard, val_from=val_from, **kwargs)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _stats_document(data, units, formats, stats, speaker_map: SpeakerMap, counts, lengths, errors, error_count, n_train, n_val) -> dict:
+    dropped = Counter()
+    for s in stats.values():
+        dropped.update(s.dropped)
+    return {
+        "inputs": list(data.inputs),
+        "units": len(units),
+        "formats": dict(sorted(formats.items())),
+        "totals": {
+            "read": sum(s.read for s in stats.values()),
+            "kept": sum(s.kept for s in stats.values()),
+            "dropped": {reason: dropped.get(reason, 0) for reason in ChannelStats().to_json()["dropped"]},
+            "segments": sum(s.segments for s in stats.values()),
+            "examples": {"train": n_train, "val": n_val},
+        },
+        "speakers": {
+            "authors": len(counts),
+            "tokens": len(speaker_map.tokens),
+            "with_own_token": len(speaker_map.speakers),
+            "sharing_other_token": speaker_map.other_authors,
+            "other_token": speaker_map.other_token,
+        },
+        "message_length_histogram": {
+            f"{LENGTH_BINS[i]}-{LENGTH_BINS[i + 1] - 1 if LENGTH_BINS[i + 1] < 10**9 else ''}": n
+            for i, n in enumerate(lengths)
+        },
+        "errors": {"skipped": error_count, "samples": errors},
+        "channels": {name: s.to_json() for name, s in sorted(stats.items())},
+        "config": data.model_dump(mode="json"),
+    }
