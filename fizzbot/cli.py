@@ -67,6 +67,28 @@ def _yaml_list(items: list[str]) -> str:
     return json.dumps([str(Path(p)) for p in items])
 
 
+# --- training ------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from fizzbot.train.trainer import train
+
+    result = train(cfg, use_ray=not args.no_ray)
+    ev = result.metrics
+    summary = ""
+    if ev:
+        summary = (
+            f"  val_loss {ev['val_loss']:.3f} (unigram baseline {ev['unigram_loss']:.3f}), "
+            f"next-speaker accuracy {ev['speaker_acc']:.3f} (majority baseline {ev['majority_acc']:.3f})\n"
+        )
+    print(
+        f"trained to step {result.final_step} in {result.seconds:.0f}s\n{summary}"
+        f"  run: {result.run_dir}\n  best checkpoint: {result.best_checkpoint}"
+    )
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -94,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true", help="run the same stages in this one process (debugging)")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune on prepared data with Ray Train (LoRA, QLoRA, full)",
+        description="Train on data.path with Ray Train's TorchTrainer; writes run.dir/run.name/<timestamp>/ with "
+        "config, metrics.jsonl, TensorBoard events, loss_curves.png and checkpoint-<step>/ folders. The same "
+        "command with the same run.name resumes the newest unfinished run.",
+    )
+    p.add_argument("--no-ray", action="store_true", help="train in this one process, without Ray (debugging)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
 
     return parser
 

@@ -131,6 +131,9 @@ class TrainingConfig(Section):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU).")
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL between them.")
     cpus_per_worker: float = Field(1.0, gt=0)
+    wait_for_gpus: bool = Field(
+        False, description="On an autoscaling cluster, let Ray bring GPU workers up instead of refusing a GPU config."
+    )
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per CPU worker; default cores/workers.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Rows per micro-batch on each worker.")

@@ -76,9 +76,9 @@ class Persona:
 PERSONAS: tuple[Persona, ...] = (
     Persona(
         "pixelpaws", "The most active member: all lowercase, emoji, typos, multi-line bursts, laughs at bigvolt.",
-        role="chatter", activity=10.0, channels={"general": 1.0, "gaming": 1.0, "music": 0.5, "dev": 0.15},
+        role="chatter", activity=10.0, channels={"general": 1.0, "gaming": 1.0, "music": 0.25, "dev": 0.15},
         hours=(10, 2), casing="lower", emoji=("🐾", "✨", "😂", "😹", "💖"), emoji_rate=0.45, typo_rate=0.06,
-        catchphrases=("lol", "ngl", "tbh"), catchphrase_rate=0.25, burst_rate=0.35, own_chat_share=0.6, buddies=("bigvolt", "sunnyside", "noodle_ninja", "kiwi_kat"),
+        catchphrases=("lol", "ngl", "tbh"), catchphrase_rate=0.25, burst_rate=0.25, own_chat_share=0.6, buddies=("sunnyside", "bigvolt", "kiwi_kat"),
     ),
     Persona(
         "byteberry", "Developer who asks questions in #dev during working hours and thanks whoever answers.",
@@ -135,10 +135,10 @@ _BY_NAME = {p.username: p for p in PERSONAS}
 
 # channel -> (session start window in UTC hours, sessions on a weekday, on a weekend day, messages per session)
 CHANNELS: dict[str, dict[str, Any]] = {
-    "general": {"window": (8, 22), "weekday": 5, "weekend": 3, "length": (22, 48)},
-    "dev": {"window": (9, 17), "weekday": 4, "weekend": 1, "length": (20, 40)},
-    "gaming": {"window": (17, 24), "weekday": 3, "weekend": 5, "length": (20, 44)},
-    "music": {"window": (19, 26), "weekday": 2, "weekend": 3, "length": (16, 34)},
+    "general": {"window": (8, 22), "weekday": 5, "weekend": 3, "length": (36, 72)},
+    "dev": {"window": (9, 18), "weekday": 4, "weekend": 1, "length": (32, 64)},
+    "gaming": {"window": (17, 24), "weekday": 3, "weekend": 5, "length": (34, 66)},
+    "music": {"window": (19, 26), "weekday": 2, "weekend": 3, "length": (26, 52)},
 }
 
 # --- slot values ---------------------------------------------------------------------------------
@@ -204,6 +204,10 @@ _COMMON: dict[str, tuple[str, ...]] = {
         "@kiwi_kat did you finish the playlist?", "kiwi_kat, you still into {artist}?",
         "kiwi: what's your favourite {genre} album?", "@kiwi_kat you around {when}?",
     ),
+    "followup_q": (
+        "and if that doesn't work?", "does that also apply to {tool}?", "hmm, what about on the CI?",
+        "ok but why does it only happen sometimes?", "wait, where do i set that?",
+    ),
     "address_back": ("cool, thanks kiwi", "nice, sounds good", "ok see you then!", "adding it to my list"),
     "command": ("!roll", "!weather", "!roll d20"),
 }
@@ -259,6 +263,7 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
         "greet": ("Good morning, everyone.", "Good afternoon, all.", "Hello, everyone."),
         "bye": ("I must be going. Good evening, all.", "That is all for me today. Goodbye."),
         "followup": ("Let me know if that does not work.", "Do keep us posted.", "Also, check the logs."),
+        "welcome": ("You are most welcome.", "Glad I could help, {name}.", "Any time, {name}.", "My pleasure."),
     },
     "bigvolt": {
         "chat": (
@@ -449,10 +454,15 @@ def _chatter(s: _Session) -> None:
         s.post(speaker, _style(s.rng, speaker, template.format_map(_Slots(s.rng, s.slots))))
     while speaker.burst_rate and s.rng.random() < speaker.burst_rate:
         s.say(speaker, "burst" if "burst" in own else "chat", delay=s.rng.randint(2, 12))
-    # Their buddy, when around, answers most of the time; otherwise someone reacts now and then.
+    # Their buddy, when around, answers most of the time and a short back-and-forth follows;
+    # otherwise someone reacts now and then.
     buddy = next((b for b in map(s.present, speaker.buddies) if b is not None), None)
-    if buddy is not None and s.rng.random() < 0.7:
+    if buddy is not None and s.rng.random() < 0.8:
         s.say(buddy, "react")
+        for turn in range(5):
+            if s.rng.random() >= 0.7 - 0.08 * turn:
+                break
+            s.say(speaker if turn % 2 == 0 else buddy, "react" if s.rng.random() < 0.6 else "chat")
     elif s.rng.random() < 0.3:
         reactor = s.pick(exclude=(speaker.username,))
         if reactor is not None:
@@ -465,17 +475,23 @@ def _question(s: _Session) -> None:
     if not askers or not any(weights):
         return _chatter(s)
     asker = s.rng.choices(askers, weights=weights)[0]
-    s.say(asker, "question", decorate=False)
     answerer = s.present("prof_quill")
-    if answerer is None or s.rng.random() < 0.12:
+    if answerer is None or s.rng.random() < 0.1:
         answerer = s.pick(exclude=(asker.username,))
         if answerer is None:
-            return
+            return _chatter(s)
+    s.say(asker, "question", decorate=False)
     s.say(answerer, "answer")
-    if answerer.username == "prof_quill" and s.rng.random() < 0.15:
-        s.say(answerer, "followup", delay=s.rng.randint(4, 20))
-    if s.rng.random() < 0.7:
+    # A follow-up question or two, each answered by the same person.
+    rounds = 0
+    while rounds < 2 and s.rng.random() < 0.45:
+        s.say(asker, "followup_q", decorate=False)
+        s.say(answerer, "answer")
+        rounds += 1
+    if s.rng.random() < 0.8:
         s.say(asker, "thanks", name=answerer.username)
+        if answerer.username == "prof_quill" and s.rng.random() < 0.5:
+            s.say(answerer, "welcome", name=asker.username)
 
 
 def _greeting(s: _Session, newcomer: Persona) -> None:
@@ -516,10 +532,13 @@ def _banter(s: _Session) -> None:
         return _chatter(s)
     s.say(a, "pun")
     s.say(b, "groan")
-    if s.rng.random() < 0.65:
+    if s.rng.random() < 0.8:
         s.say(a, "comeback")
-        if s.rng.random() < 0.45:
+        if s.rng.random() < 0.6:
             s.say(b, "concede")
+            if s.rng.random() < 0.4:
+                s.say(a, "pun")
+                s.say(b, "groan")
 
 
 def _address(s: _Session) -> None:
@@ -528,10 +547,12 @@ def _address(s: _Session) -> None:
     if kiwi is None or caller is None:
         return _chatter(s)
     s.say(caller, "address", decorate=False)
-    if s.rng.random() < 0.92:
+    if s.rng.random() < 0.93:
         s.say(kiwi, "reply", name=caller.username)
-        if s.rng.random() < 0.5:
+        if s.rng.random() < 0.6:
             s.say(caller, "address_back")
+            if s.rng.random() < 0.4:
+                s.say(kiwi, "react")
 
 
 def _hype(s: _Session) -> None:
@@ -609,7 +630,7 @@ _REMINDER_RATE = 0.06  # per session
 
 def _participants(rng: random.Random, channel: str, hour: int) -> list[Persona]:
     candidates = [p for p in PERSONAS if not p.is_bot and p.channels.get(channel, 0) > 0 and p.active_at(hour)]
-    chosen = [p for p in candidates if rng.random() < min(0.92, 0.3 + 0.12 * p.activity * p.channels[channel])]
+    chosen = [p for p in candidates if rng.random() < min(0.92, 0.4 + 0.1 * p.activity * p.channels[channel])]
     for p in sorted(candidates, key=lambda p: -p.activity * p.channels[channel]):
         if len(chosen) >= 2:
             break
@@ -636,7 +657,9 @@ def _session(rng: random.Random, channel: str, start: int, length: int) -> list[
         "chatter": _chatter, "question": _question, "join": lambda s: _join(s, hour), "leave": _leave,
         "banter": _banter, "address": _address, "hype": _hype, "share": _share,
     }
-    while len(s.events) < length:
+    stalls = 0
+    while len(s.events) < length and stalls < 50:
+        before = len(s.events)
         if flood_at >= 0 and len(s.events) >= flood_at:
             _flood(s)
             flood_at = -1
@@ -648,6 +671,8 @@ def _session(rng: random.Random, channel: str, start: int, length: int) -> list[
             _command(s)
         else:
             handlers[rng.choices(kinds, weights=weights)[0]](s)
+        # An exchange whose people are missing says nothing; a conversation of one person ends.
+        stalls = stalls + 1 if len(s.events) == before else 0
     return s.events
 
 

@@ -57,6 +57,8 @@ def read_unit(unit: SourceUnit, opts: ReadOptions) -> Iterator[Message]:
 
 def _sniff(path: Path) -> str:
     """Guess a file's format from its name and first bytes."""
+    from fizzbot.data.formats import irc
+
     name = path.name.lower()
     if name.endswith(".zip"):
         return "slack"
@@ -70,10 +72,11 @@ def _sniff(path: Path) -> str:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        # A multi-byte character may be cut at the 4096-byte mark; only an error before it counts.
-        if exc.start < len(head) - 4:
-            raise InputError(f"not UTF-8 (byte {exc.start})", path=str(path), line=1) from None
+        # Sniffing needs the first line only: a bad byte further on (or a multi-byte character cut at
+        # the 4096-byte mark) is for the reader to report, under data.on_error, with its line.
         text = head[: exc.start].decode("utf-8")
+        if "\n" not in text.lstrip("\ufeff \t\r\n") and exc.start < len(head) - 4:
+            raise InputError(f"not UTF-8 (byte {exc.start})", path=str(path), line=text.count("\n") + 1) from None
     stripped = text.lstrip("\ufeff \t\r\n")
     if name.endswith(".csv") or stripped.startswith("AuthorID,") or stripped.startswith('"AuthorID"'):
         return "discord_csv"
@@ -96,11 +99,10 @@ def _sniff(path: Path) -> str:
             )
         if compact.startswith("[{") or compact == "[" or compact.startswith("[]"):
             return "seed"
-        return "irc"  # "[HH:MM] <nick> text"
-    if stripped.startswith(("=== ", "-!- ", "--> ", "<-- ", "* ")) or stripped[:1] == "<":
-        return "irc"
+    if irc.looks_like_irc(stripped.split("\n", 1)[0]):
+        return "irc"  # "[HH:MM] <nick> text", "=== nick has joined", "--- Log opened ...", ...
     if name.endswith((".log", ".txt")):
-        return "irc"
+        return "irc"  # a log whose first line is odd: the reader names each line it cannot read
     raise InputError(
         "unknown export format; name it with data.format (one of: " + ", ".join(FORMATS) + ")",
         path=str(path),
@@ -141,11 +143,16 @@ def expand_inputs(paths: list[str], fmt: str = "auto") -> list[SourceUnit]:
             if fmt in ("auto", "slack") and _is_slack_folder(path):
                 add(path, "slack")
                 continue
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_documentation(p))
-            if not files:
+            # A Slack export folder inside the folder is one input, not a heap of JSON files.
+            exports = [p for p in path.rglob("*") if fmt == "auto" and _is_slack_folder(p)]
+            files = [
+                p for p in path.rglob("*")
+                if p.is_file() and not _is_documentation(p) and not any(e in p.parents for e in exports)
+            ]
+            if not files and not exports:
                 raise InputError("folder holds no files", path=raw)
-            for file in files:
-                add(file, _sniff(file) if fmt == "auto" else fmt)
+            for item in sorted(files + exports):
+                add(item, "slack" if item in exports else _sniff(item) if fmt == "auto" else fmt)
         else:
             if fmt == "slack" or (fmt == "auto" and path.suffix.lower() == ".zip"):
                 if not zipfile.is_zipfile(path):
@@ -156,19 +163,30 @@ def expand_inputs(paths: list[str], fmt: str = "auto") -> list[SourceUnit]:
     return units
 
 
-def load_json(path: str | Path, data: bytes | None = None) -> object:
-    """Parse a JSON document, with the error located by line and column."""
+def read_bytes(path: str | Path, data: bytes | None = None) -> bytes:
+    """A file's bytes (or `data`, read from an archive), refusing an empty one."""
     try:
         raw = data if data is not None else Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=str(path)) from None
     if not raw.strip():
         raise InputError("empty file", path=str(path))
+    return raw
+
+
+def read_text(path: str | Path, data: bytes | None = None) -> str:
+    """A whole file as UTF-8 text (a BOM dropped), an undecodable byte located by its line."""
+    raw = read_bytes(path, data)
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError(f"not UTF-8 (byte {exc.start})", path=str(path), line=line) from None
+
+
+def load_json(path: str | Path, data: bytes | None = None) -> object:
+    """Parse a JSON document, with the error located by line and column."""
+    text = read_text(path, data)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

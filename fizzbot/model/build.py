@@ -1,0 +1,183 @@
+"""Building the model to train: the base (a Hugging Face id or folder, or the built-in tiny model),
+its embeddings resized for the chat tokens, and the method (full, LoRA, QLoRA) applied.
+
+The library objects (`LlamaConfig`, `BitsAndBytesConfig`, `LoraConfig`) are derived from the typed
+ModelConfig by the small helpers below, so that QLoRA versus LoRA is a value, not a second script.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fizzbot.config import ModelConfig
+
+TINY = "tiny"
+
+
+def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    # bf16 on a CPU without native support runs ~100x slower than fp32 (docs/BENCHMARKS.md):
+    # `auto` means fp32 there, bf16 on CUDA.
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def tiny_llama_config(cfg: ModelConfig, tokenizer):
+    from transformers import LlamaConfig
+
+    t = cfg.tiny
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=t.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
+    )
+
+
+def bnb_config(cfg: ModelConfig, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=cfg.bnb_4bit_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def lora_config(cfg: ModelConfig, trainable_token_ids: list[int], tied: bool):
+    from peft import LoraConfig
+
+    # The chat tokens' rows are trained (only those rows): in the input embedding, and in the output
+    # head when it is a separate matrix; with tied embeddings peft ties the two for us.
+    indices: dict[str, list[int]] = {"embed_tokens": list(trainable_token_ids)}
+    if not tied:
+        indices["lm_head"] = list(trainable_token_ids)
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        trainable_token_indices=indices,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+def create_tiny_base(cfg: ModelConfig, tokenizer, folder: Path, seed: int) -> Path:
+    """Initialise the built-in model from its config and save it, so every method loads it the same way.
+
+    Written by hand rather than with save_pretrained, which writes on rank 0 only once
+    torch.distributed is up, while every worker needs its own copy.
+    """
+    from safetensors.torch import save_file
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(cfg, tokenizer))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(folder / "config.json")
+    state = model.state_dict()
+    if is_tied(model):
+        state.pop("lm_head.weight", None)  # the same tensor as the input embedding
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def is_tied(model) -> bool:
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return out is not None and inp.weight.data_ptr() == out.weight.data_ptr()
+
+
+@torch.no_grad()
+def init_new_rows(model, tokenizer, old_vocab: int, speaker_names: dict[str, str]) -> None:
+    """New token rows start from meaningful points, not noise.
+
+    A speaker token starts at the mean embedding of its username's tokens (a prior that differs per
+    speaker); <EOT> and anything else at the mean of the existing rows. Output rows (untied heads)
+    get the same treatment from the output matrix.
+    """
+    new_vocab = len(tokenizer)
+    if new_vocab <= old_vocab:
+        return
+    matrices = [model.get_input_embeddings().weight]
+    if not is_tied(model) and model.get_output_embeddings() is not None:
+        matrices.append(model.get_output_embeddings().weight)
+    for weight in matrices:
+        if weight.shape[0] < new_vocab:
+            continue
+        mean = weight[:old_vocab].float().mean(dim=0)
+        for token_id in range(old_vocab, new_vocab):
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            row = mean
+            name = speaker_names.get(token)
+            if name:
+                ids = [i for i in tokenizer(name, add_special_tokens=False)["input_ids"] if i < old_vocab]
+                if ids:
+                    row = weight[ids].float().mean(dim=0)
+            weight[token_id] = row.to(weight.dtype)
+
+
+def load_base(cfg: ModelConfig, base_path: str, device: torch.device, quantize: bool):
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(cfg, device)
+    kwargs = {
+        "dtype": dtype,
+        "attn_implementation": cfg.attn_implementation,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if quantize:
+        kwargs["quantization_config"] = bnb_config(cfg, dtype)
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"model.base={base_path!r}: not a model folder, and not a hub id that can be loaded "
+            f"(offline machines need a local folder): {exc}"
+        ) from None
+    if not quantize:
+        model.to(device)
+    return model
+
+
+def prepare_model(cfg: ModelConfig, base_path: str, tokenizer, device: torch.device, speaker_names: dict[str, str], chat_token_ids: list[int], gradient_checkpointing: bool | None = None):
+    """The model ready to train: base loaded, embeddings resized and initialised, method applied."""
+    quantize = cfg.method == "qlora"
+    model = load_base(cfg, base_path, device, quantize)
+    old_vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_vocab:
+        # Pad the matrix to a multiple of 64: tensor cores like aligned shapes; spare rows are never used.
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64 if device.type == "cuda" else None, mean_resizing=False)
+        init_new_rows(model, tokenizer, old_vocab, speaker_names)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    if cfg.method == "full":
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantize:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config(cfg, chat_token_ids, is_tied(model)))
+    model.train()
+    return model

@@ -1,0 +1,103 @@
+"""Checkpoints: what goes in one, how a complete one is told from a half-written one, and finding them.
+
+A checkpoint folder is self-contained: the weights (full model, or the LoRA adapter with the trained
+chat-token rows) in safetensors, the tokenizer with the speaker tokens, speaker_map.json, the
+resolved config (fizzbot.yaml), and what resuming needs (training_state.pt: optimizer, scheduler,
+step, data position; rng-rank<r>.pt per worker). `fizzbot_checkpoint.json`, the manifest, is written
+last and lists every file with its size: a folder whose manifest is missing or disagrees with the
+files on disk is incomplete and never taken as the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from fizzbot.data.io import atomic_write_text, is_partial
+
+MANIFEST = "fizzbot_checkpoint.json"
+TRAINING_STATE = "training_state.pt"
+CONFIG_FILE = "fizzbot.yaml"
+SPEAKER_MAP = "speaker_map.json"
+BASE_DIR = "base"
+COMPLETED = "COMPLETED"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def write_manifest(folder: Path, info: dict) -> None:
+    files = {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    atomic_write_text(folder / MANIFEST, json.dumps({**info, "files": files}, indent=2) + "\n")
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(folder: str | Path) -> bool:
+    folder = Path(folder)
+    if is_partial(folder):
+        return False
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return False
+    for name, size in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def checkpoints_of(run_dir: str | Path) -> list[tuple[int, Path, dict]]:
+    """Complete checkpoints of one run, by step."""
+    found = []
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return found
+    for child in run_dir.iterdir():
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and is_complete(child):
+            found.append((int(match.group(1)), child, read_manifest(child)))
+    return sorted(found, key=lambda item: item[0])
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the lowest validation loss (the latest where none has one)."""
+    found = checkpoints_of(run_dir)
+    if not found:
+        return None
+    scored = [(m.get("val_loss"), step, path) for step, path, m in found if m.get("val_loss") is not None]
+    if scored:
+        return min(scored, key=lambda item: (item[0], -item[1]))[2]
+    return found[-1][1]
+
+
+def run_dirs(runs_root: str | Path, name: str | None = None) -> list[Path]:
+    """Run folders (`<root>/<name>/<timestamp>/`), oldest first by timestamp name."""
+    root = Path(runs_root)
+    names = [root / name] if name else [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    found = [run for parent in names if parent.is_dir() for run in parent.iterdir() if run.is_dir() and not run.name.startswith(".")]
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def find_latest(runs_root: str | Path = "runs", name: str | None = None) -> Path:
+    """`--latest`: the newest run that has a complete checkpoint, and its best checkpoint."""
+    for run in reversed(run_dirs(runs_root, name)):
+        best = best_checkpoint(run)
+        if best is not None:
+            return best
+    where = f"{runs_root}/{name}" if name else str(runs_root)
+    raise FileNotFoundError(f"no complete checkpoint under {where}/ (train first: fizzbot train --config ...)")
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

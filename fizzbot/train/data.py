@@ -1,0 +1,227 @@
+"""From {context, target} rows to batches: tokenising, target-only labels, batching by length.
+
+A tokenised row is its ids and `n_context`, the number of leading ids that are context (and BOS):
+the loss covers ids[n_context:] only, i.e. `<Sk> message <EOT>`. Over-long rows lose their oldest
+context messages, whole, never the target.
+
+Batches are planned globally, per epoch, from a seeded permutation: rows are sorted by length inside
+pools of `batch_size x bucket_size_multiplier`, cut into batches, and the batches shuffled. Worker r
+of W takes global batches r, r+W, ...; an optimizer step consumes W x grad_accum_steps of them. So
+the data position is one number (global batches consumed this epoch), valid for any W on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fizzbot.data.messages import InputError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedRows:
+    """Rows as one flat id array plus offsets: compact, picklable, and fast to slice."""
+
+    ids: np.ndarray  # int32, all rows concatenated
+    offsets: np.ndarray  # int64, len(rows) + 1
+    n_context: np.ndarray  # int32, per row
+    truncated: int = 0  # rows that lost context messages to max_seq_len
+
+    def __len__(self) -> int:
+        return len(self.n_context)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @classmethod
+    def concat(cls, parts: list["TokenizedRows"]) -> "TokenizedRows":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32))
+        ids = np.concatenate([p.ids for p in parts])
+        offsets = [np.zeros(1, np.int64)]
+        base = 0
+        for p in parts:
+            offsets.append(p.offsets[1:] + base)
+            base += p.offsets[-1]
+        return cls(ids, np.concatenate(offsets), np.concatenate([p.n_context for p in parts]), sum(p.truncated for p in parts))
+
+    def ordered_by_content(self) -> "TokenizedRows":
+        """Rows in a canonical order (by a hash of their ids), whatever order they arrived in.
+
+        Ray Data does not promise an order across blocks; the sampler must see the same rows in the
+        same order on every worker and after every restart.
+        """
+        keys = np.array([zlib.crc32(self.row(i).tobytes()) for i in range(len(self))], dtype=np.uint64)
+        keys = (keys << np.uint64(32)) | self.lengths().astype(np.uint64)
+        order = np.argsort(keys, kind="stable")
+        return self.select(order)
+
+    def select(self, order: np.ndarray) -> "TokenizedRows":
+        rows = [self.row(int(i)) for i in order]
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        return TokenizedRows(ids.astype(np.int32), offsets, self.n_context[order].astype(np.int32), self.truncated)
+
+
+class RowTokenizer:
+    """Tokenises {context, target} rows; a callable class so Ray Data builds it once per worker."""
+
+    def __init__(self, tokenizer, max_seq_len: int, speaker_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.speaker_ids = np.array(sorted(speaker_ids), dtype=np.int64)
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    def __call__(self, contexts: list[str], targets: list[str], where: str = "rows") -> TokenizedRows:
+        ctx_ids = self.tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
+        tgt_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+        rows, n_ctx, truncated = [], [], 0
+        limit = self.max_seq_len
+        for number, (ctx, tgt) in enumerate(zip(ctx_ids, tgt_ids)):
+            if not tgt or tgt[0] not in self.speaker_ids:
+                raise InputError("target does not start with a speaker token like <S0>", path=where, line=number + 1, field="target")
+            ctx = self.bos + ctx
+            if len(ctx) + len(tgt) > limit:
+                ctx = self._trim_context(ctx, limit - len(tgt))
+                truncated += 1
+                if len(tgt) > limit - len(self.bos):
+                    tgt = tgt[: limit - len(self.bos)]
+            rows.append(ctx + tgt)
+            n_ctx.append(len(ctx))
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(offsets[-1]))
+        return TokenizedRows(ids, offsets, np.array(n_ctx, dtype=np.int32), truncated)
+
+    def _trim_context(self, ctx: list[int], budget: int) -> list[int]:
+        """Drop whole messages from the start until the context fits in `budget` ids."""
+        head = len(self.bos)
+        if budget <= head:
+            return ctx[:head]
+        starts = [i for i in range(head, len(ctx)) if ctx[i] in self.speaker_ids]
+        for start in starts:
+            if len(ctx) - start + head <= budget:
+                return ctx[:head] + ctx[start:]
+        return ctx[:head]
+
+
+def read_rows(path: str | Path) -> tuple[list[str], list[str]]:
+    """Contexts and targets of a JSONL file, refusing rows without a target (file and line named)."""
+    contexts, targets = [], []
+    path = Path(path)
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"malformed JSON: {exc}", path=str(path), line=number) from None
+            if not isinstance(row, dict):
+                raise InputError("expected a JSON object", path=str(path), line=number)
+            target = row.get("target")
+            if not isinstance(target, str) or not target.strip():
+                raise InputError("row has no target", path=str(path), line=number, field="target")
+            context = row.get("context", "")
+            if not isinstance(context, str):
+                raise InputError("expected a string", path=str(path), line=number, field="context")
+            contexts.append(context)
+            targets.append(target)
+    return contexts, targets
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_size: int
+    max_tokens: int | None
+    bucket_multiplier: int
+    bucketing: bool
+    seed: int
+
+
+def plan_epoch(lengths: np.ndarray, plan: BatchPlan, epoch: int) -> list[np.ndarray]:
+    """The epoch's batches (arrays of row indices), same on every worker for the same seed and epoch."""
+    rng = np.random.default_rng([plan.seed, epoch])
+    order = rng.permutation(len(lengths))
+    if not plan.bucketing:
+        return _cut(order, lengths, plan)
+    pool = plan.batch_size * plan.bucket_multiplier
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(_cut(chunk, lengths, plan))
+    # Shuffle whole batches so that lengths do not come in waves within the epoch.
+    shuffled = rng.permutation(len(batches))
+    return [batches[i] for i in shuffled]
+
+
+def _cut(indices: np.ndarray, lengths: np.ndarray, plan: BatchPlan) -> list[np.ndarray]:
+    if plan.max_tokens is None:
+        return [indices[i : i + plan.batch_size] for i in range(0, len(indices), plan.batch_size)]
+    batches, current, longest = [], [], 0
+    for index in indices:
+        size = int(lengths[index])
+        if current and (len(current) >= plan.batch_size or max(longest, size) * (len(current) + 1) > plan.max_tokens):
+            batches.append(np.array(current))
+            current, longest = [], 0
+        current.append(index)
+        longest = max(longest, size)
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    real_tokens: int  # non-padding ids
+    target_tokens: int  # ids the loss covers
+    padded_tokens: int  # rows x longest
+
+
+def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: int = 1) -> Batch:
+    """Right-padded tensors; labels are -100 on the context, on padding, and the shift is left to the loss."""
+    seqs = [rows.row(int(i)) for i in indices]
+    longest = max(len(s) for s in seqs)
+    if multiple_of > 1:
+        longest = -(-longest // multiple_of) * multiple_of
+    input_ids = np.full((len(seqs), longest), pad_id, dtype=np.int64)
+    labels = np.full((len(seqs), longest), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(seqs), longest), dtype=np.int64)
+    target_tokens = 0
+    for r, (seq, i) in enumerate(zip(seqs, indices)):
+        n = len(seq)
+        c = int(rows.n_context[int(i)])
+        input_ids[r, :n] = seq
+        mask[r, :n] = 1
+        labels[r, c:n] = seq[c:]
+        target_tokens += n - max(c, 1)  # position 0 has nothing before it to predict it from
+    real = int(mask.sum())
+    return Batch(
+        torch.from_numpy(input_ids),
+        torch.from_numpy(mask),
+        torch.from_numpy(labels),
+        real,
+        target_tokens,
+        len(seqs) * longest,
+    )

@@ -1,0 +1,557 @@
+"""The per-worker training loop: plain PyTorch in named steps, run by Ray Train or in one process.
+
+    setup_model_and_optimizer -> load_checkpoint -> [train_step ... evaluate ... save_checkpoint]
+
+Tokens per optimizer step = workers x grad_accum_steps x (rows per micro-batch x their length).
+The loss of a step is the sum of target-token losses over all its micro-batches on all workers,
+divided by the number of target tokens in them (counted before the first backward pass), so batch
+8 x accumulation 1 and batch 4 x accumulation 2 take the same step. The `Session` is the only
+thing that differs between Ray Train and a plain process: ranks, reporting, checkpoint storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fizzbot.config import FizzbotConfig
+from fizzbot.train import checkpoint as ckpt
+from fizzbot.train.data import BatchPlan, TokenizedRows, collate, plan_epoch
+from fizzbot.train.objective import TargetOnlyLM
+
+
+@dataclass
+class JobSpec:
+    """What the driver hands every worker, besides the datasets."""
+
+    run_dir: str  # <run.dir>/<run.name>/<timestamp> (a local path or a URI)
+    metrics_dir: str | None  # where rank 0 writes metrics.jsonl and TensorBoard events (local runs)
+    base: str  # hub id or folder; "tiny" builds the built-in model
+    tokenizer: object  # a transformers tokenizer with the chat tokens
+    speaker_map: dict  # speaker_map.json contents
+    chat_token_ids: list[int]
+    speaker_token_ids: list[int]
+    config_yaml: str
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # global micro-batches consumed in this epoch
+    best_val_loss: float | None = None
+    tokens_seen: int = 0
+
+
+@dataclass
+class EvalResult:
+    val_loss: float
+    val_ppl: float
+    speaker_acc: float
+    majority_acc: float
+    unigram_loss: float
+    rows: int
+
+
+# --- the session: the Ray Train or plain-process side of the loop ---------------------------------
+
+
+class Session:
+    rank = 0
+    world = 1
+
+    def device(self, use_gpu: bool) -> torch.device:
+        return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def rows(self, name: str) -> TokenizedRows:
+        raise NotImplementedError
+
+    def latest_checkpoint(self):
+        """A context manager yielding the folder to resume from, or None."""
+        return contextlib.nullcontext(None)
+
+    def report(self, metrics: dict, folder: Path | None, name: str) -> None:
+        raise NotImplementedError
+
+    def progress(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc="train", unit="step", disable=self.rank != 0, dynamic_ncols=True)
+
+
+class RaySession(Session):
+    def __init__(self) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world = context.get_world_size()
+
+    def device(self, use_gpu: bool) -> torch.device:
+        if use_gpu:
+            import ray.train.torch
+
+            device = ray.train.torch.get_device()
+            torch.cuda.set_device(device)
+            return device
+        return torch.device("cpu")
+
+    def rows(self, name: str) -> TokenizedRows:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        parts = [batch["rows"] for batch in shard.iter_batches(batch_size=64, batch_format="numpy")]
+        from fizzbot.train.tokenize import unpack_rows
+
+        return unpack_rows([p for chunk in parts for p in chunk])
+
+    def latest_checkpoint(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return contextlib.nullcontext(None)
+        return checkpoint.as_directory()
+
+    def report(self, metrics: dict, folder: Path | None, name: str) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if checkpoint else None)
+
+    def progress(self, total: int, initial: int):
+        if self.rank != 0:
+            return _NoProgress()
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=total, desc="train", unit="step")
+        bar.update(initial)
+        return bar
+
+
+class LocalSession(Session):
+    """One process, no Ray: checkpoints go straight into the run folder, best N kept by val loss."""
+
+    def __init__(self, run_dir: str, rows: dict[str, TokenizedRows], keep: int):
+        self.run_dir = Path(run_dir)
+        self._rows = rows
+        self.keep = keep
+
+    def rows(self, name: str) -> TokenizedRows:
+        return self._rows[name]
+
+    def latest_checkpoint(self):
+        found = ckpt.checkpoints_of(self.run_dir)
+        return contextlib.nullcontext(found[-1][1] if found else None)
+
+    def report(self, metrics: dict, folder: Path | None, name: str) -> None:
+        if folder is None:
+            return
+        target = self.run_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(folder, self.run_dir / f".{name}.partial-local")
+        os.replace(self.run_dir / f".{name}.partial-local", target)
+        found = ckpt.checkpoints_of(self.run_dir)
+        latest = found[-1][1] if found else None
+        scored = sorted(found, key=lambda f: (f[2].get("val_loss", math.inf), -f[0]))
+        for _, path, _ in scored[self.keep :]:
+            if path != latest:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl and TensorBoard events, written by rank 0 only."""
+
+    def __init__(self, folder: str | None, enabled: bool):
+        self.enabled = enabled and folder is not None
+        self.path = Path(folder) / "metrics.jsonl" if self.enabled else None
+        self.writer = None
+        if self.enabled:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(Path(folder) / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency; a stripped install still trains
+                self.writer = None
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- named steps -------------------------------------------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: FizzbotConfig, job: JobSpec, device: torch.device, workdir: Path):
+    from fizzbot.model.build import TINY, create_tiny_base, prepare_model
+
+    base = job.base
+    if base == TINY:
+        # Every worker builds the same initial weights from the seed: no file has to travel.
+        base = str(create_tiny_base(cfg.model, job.tokenizer, workdir / "tiny-base", cfg.training.seed))
+    names = {s["token"]: s["username"] for s in job.speaker_map.get("speakers", [])}
+    model = prepare_model(cfg.model, base, job.tokenizer, device, names, job.chat_token_ids, cfg.model.gradient_checkpointing)
+    return model, base
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def setup_optimizer(cfg: FizzbotConfig, model, device: torch.device):
+    t = cfg.training
+    params = trainable_parameters(model)
+    embedding_lr = t.embedding_learning_rate or t.learning_rate
+    token_rows = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    other = [p for p in params if all(p is not q for q in token_rows)]
+    groups = [{"params": other, "lr": t.learning_rate}]
+    if token_rows:
+        groups.append({"params": token_rows, "lr": embedding_lr, "weight_decay": 0.0})
+    kwargs = {"betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": t.weight_decay}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    optimizer = torch.optim.AdamW(groups, **kwargs)
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / max(1, t.warmup_steps)
+        if t.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+        if t.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress) * 0.9 + 0.1
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+def model_state_for_save(model) -> dict:
+    """Weights that a checkpoint stores: the adapter (and chat-token rows) under peft, else all."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return model.state_dict()
+
+
+def save_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, optimizer, scheduler, state: TrainState, session: Session, metrics: dict, base_folder: str | None) -> None:
+    """Write this worker's part of a checkpoint into `folder` (rank 0 writes the model and the manifest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    torch.save(rng, folder / f"rng-rank{session.rank}.pt")
+    if session.rank != 0:
+        return
+    model.save_pretrained(folder, safe_serialization=True)
+    job.tokenizer.save_pretrained(folder)
+    (folder / ckpt.SPEAKER_MAP).write_text(json.dumps(job.speaker_map, indent=2, ensure_ascii=False) + "\n")
+    (folder / ckpt.CONFIG_FILE).write_text(job.config_yaml)
+    if hasattr(model, "peft_config") and base_folder is not None and job.base == "tiny":
+        # The built-in base exists nowhere else: an adapter checkpoint carries it (a few MB).
+        ckpt.copy_tree(Path(base_folder), folder / ckpt.BASE_DIR)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": asdict(state), "world": session.world},
+        folder / ckpt.TRAINING_STATE,
+    )
+    if job.metrics_dir and (Path(job.metrics_dir) / "metrics.jsonl").exists():
+        shutil.copy(Path(job.metrics_dir) / "metrics.jsonl", folder / "metrics.jsonl")
+    info = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "method": cfg.model.method,
+        "base": job.base,
+        "val_loss": metrics.get("val_loss"),
+        "speaker_acc": metrics.get("speaker_acc"),
+    }
+    ckpt.write_manifest(folder, info)
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, session: Session) -> TrainState:
+    """Restore weights, optimizer, scheduler, data position and this rank's RNG from a checkpoint."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        weights = load_file(str(folder / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = {k for k in missing if "lm_head" in k}
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")
+    saved = torch.load(folder / ckpt.TRAINING_STATE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng_file = folder / f"rng-rank{session.rank}.pt"
+    if rng_file.exists():
+        rng = torch.load(rng_file, weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainState(**saved["state"])
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+@torch.no_grad()
+def evaluate(objective: TargetOnlyLM, rows: TokenizedRows, baselines: dict, cfg: FizzbotConfig, session: Session, device: torch.device, pad_id: int, speaker_ids: torch.Tensor) -> EvalResult:
+    """Validation loss, perplexity and next-speaker accuracy over this worker's share of val rows."""
+    objective.eval()
+    mine = np.arange(session.rank, len(rows), session.world)
+    mine = mine[np.argsort(rows.lengths()[mine], kind="stable")]
+    batch = cfg.training.batch_size
+    batches = [mine[i : i + batch] for i in range(0, len(mine), batch)]
+    if cfg.training.eval_max_batches:
+        batches = batches[: cfg.training.eval_max_batches]
+    loss_sum = tokens = correct = count = majority = 0.0
+    majority_id = baselines["majority_speaker_id"]
+    for indices in batches:
+        b = collate(rows, indices, pad_id)
+        loss, n, predicted, truth = objective.evaluate_batch(
+            b.input_ids.to(device), b.attention_mask.to(device), b.labels.to(device), speaker_ids
+        )
+        loss_sum += float(loss)
+        tokens += n
+        correct += float((predicted == truth).sum())
+        majority += float((truth == majority_id).sum())
+        count += len(truth)
+    loss_sum, tokens, correct, count, majority = _all_reduce([loss_sum, tokens, correct, count, majority], device)
+    objective.train()
+    val_loss = loss_sum / max(tokens, 1)
+    return EvalResult(
+        val_loss=val_loss,
+        val_ppl=math.exp(min(val_loss, 50)),
+        speaker_acc=correct / max(count, 1),
+        majority_acc=majority / max(count, 1),
+        unigram_loss=baselines["unigram_loss"],
+        rows=int(count),
+    )
+
+
+def compute_baselines(train: TokenizedRows, val: TokenizedRows, vocab: int) -> dict:
+    """The majority speaker of the training targets, and a unigram model's loss on validation targets."""
+    first = train.ids[train.offsets[:-1] + train.n_context]
+    speakers, counts = np.unique(first, return_counts=True)
+    majority = int(speakers[np.argmax(counts)])
+    target_ids = np.concatenate([train.row(i)[max(int(train.n_context[i]), 1) :] for i in range(len(train))])
+    freq = np.bincount(target_ids, minlength=vocab).astype(np.float64) + 1.0  # add-one smoothing
+    logp = np.log(freq / freq.sum())
+    val_targets = np.concatenate([val.row(i)[max(int(val.n_context[i]), 1) :] for i in range(len(val))]) if len(val) else np.zeros(0, int)
+    unigram = float(-logp[val_targets].mean()) if len(val_targets) else float("nan")
+    return {"majority_speaker_id": majority, "unigram_loss": unigram}
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+def run_training(cfg: FizzbotConfig, job: JobSpec, session: Session) -> TrainState:
+    t = cfg.training
+    device = session.device(t.use_gpu)
+    if device.type == "cpu":
+        threads = t.threads_per_worker or max(1, (os.cpu_count() or 1) // t.num_workers)
+        torch.set_num_threads(threads)
+    set_seed(t.seed + session.rank)
+    workdir = Path(tempfile.mkdtemp(prefix="fizzbot-worker-"))
+    try:
+        return _train(cfg, job, session, device, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.device, workdir: Path) -> TrainState:
+    t = cfg.training
+    train_rows = session.rows("train").ordered_by_content()
+    val_rows = session.rows("val").ordered_by_content()
+    tokenizer = job.tokenizer
+    pad_id = tokenizer.pad_token_id
+    speaker_ids = torch.tensor(job.speaker_token_ids, device=device)
+
+    model, base_folder = build_model(cfg, job, device, workdir)
+    optimizer, scheduler = setup_optimizer(cfg, model, device)
+    state = TrainState()
+    with session.latest_checkpoint() as folder:
+        if folder is not None:
+            state = load_checkpoint(Path(folder), model, optimizer, scheduler, session)
+    resumed_from = state.step
+
+    objective = TargetOnlyLM(model, chunked=t.chunked_loss)
+    if t.compile:
+        objective = torch.compile(objective)
+    wrapped = objective
+    distributed = dist.is_available() and dist.is_initialized() and session.world > 1
+    if distributed:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    metrics_log = MetricsLog(job.metrics_dir, session.rank == 0)
+    baselines = compute_baselines(train_rows, val_rows, len(tokenizer))
+    plan = BatchPlan(t.batch_size, t.max_tokens_per_batch, t.bucket_size_multiplier, t.batching == "bucket", t.seed)
+    lengths = train_rows.lengths()
+    per_step = session.world * t.grad_accum_steps
+    epoch_batches = plan_epoch(lengths, plan, state.epoch)
+    if len(epoch_batches) < per_step:
+        raise ValueError(
+            f"{len(train_rows)} training rows make {len(epoch_batches)} batches, fewer than one optimizer step needs "
+            f"({session.world} workers x {t.grad_accum_steps} accumulation); lower training.batch_size"
+        )
+    if session.rank == 0:
+        trainable = sum(p.numel() for p in trainable_parameters(model))
+        total = sum(p.numel() for p in model.parameters())
+        metrics_log.log(state.step, "start", {
+            "resumed_from_step": resumed_from, "workers": session.world, "train_rows": len(train_rows),
+            "val_rows": len(val_rows), "trainable_params": trainable, "total_params": total,
+            "truncated_rows": train_rows.truncated, **{k: v for k, v in baselines.items() if k != "majority_speaker_id"},
+        })
+        print(f"[train] rank 0: {trainable:,} of {total:,} parameters trainable; resuming at step {resumed_from}", file=sys.stderr, flush=True)
+
+    progress = session.progress(t.max_steps, state.step)
+    window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "targets": 0, "time": time.perf_counter(), "steps": 0}
+    last_eval: EvalResult | None = None
+    last_eval_step = -1
+    while state.step < t.max_steps:
+        if state.batches_done + per_step > len(epoch_batches):
+            state.epoch += 1
+            state.batches_done = 0
+            epoch_batches = plan_epoch(lengths, plan, state.epoch)
+        start = state.batches_done + session.rank
+        mine = [epoch_batches[start + k * session.world] for k in range(t.grad_accum_steps)]
+        batches = [collate(train_rows, indices, pad_id) for indices in mine]
+        local_targets = sum(b.target_tokens for b in batches)
+        (global_targets,) = _all_reduce([float(local_targets)], device)
+        scale = session.world / max(global_targets, 1.0)  # DDP averages over workers; undo that
+
+        step_loss = 0.0
+        for i, b in enumerate(batches):
+            sync = contextlib.nullcontext() if (i == len(batches) - 1 or not distributed) else wrapped.no_sync()
+            with sync:
+                loss = wrapped(b.input_ids.to(device, non_blocking=True), b.attention_mask.to(device, non_blocking=True), b.labels.to(device, non_blocking=True))
+                (loss * scale).backward()
+            step_loss += float(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(model), t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.batches_done += per_step
+        real = sum(b.real_tokens for b in batches)
+        state.tokens_seen += real * session.world
+        window["loss"] += step_loss
+        window["targets"] += local_targets
+        window["real"] += real
+        window["padded"] += sum(b.padded_tokens for b in batches)
+        window["steps"] += 1
+        progress.update(1)
+
+        if state.step % t.log_steps == 0 or state.step == t.max_steps:
+            loss_sum, targets, real_all, padded_all = _all_reduce([window["loss"], window["targets"], window["real"], window["padded"]], device)
+            elapsed = time.perf_counter() - window["time"]
+            values = {
+                "loss": loss_sum / max(targets, 1),
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": real_all / max(elapsed, 1e-9),
+                "padding_share": 1.0 - real_all / max(padded_all, 1),
+                "epoch": state.epoch,
+            }
+            if session.rank == 0:
+                metrics_log.log(state.step, "train", values)
+                remaining = (t.max_steps - state.step) * elapsed / max(window["steps"], 1)
+                print(
+                    f"[train] step {state.step}/{t.max_steps} loss {values['loss']:.3f} "
+                    f"{values['tokens_per_s']:,.0f} tok/s padding {values['padding_share']:.0%} ETA {remaining:,.0f}s",
+                    file=sys.stderr, flush=True,
+                )
+            window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "targets": 0, "time": time.perf_counter(), "steps": 0}
+
+        saving = state.step % t.save_steps == 0 or state.step == t.max_steps
+        if state.step % t.eval_steps == 0 or saving:
+            if last_eval_step != state.step:
+                last_eval = evaluate(objective, val_rows, baselines, cfg, session, device, pad_id, speaker_ids)
+                last_eval_step = state.step
+                if session.rank == 0:
+                    metrics_log.log(state.step, "eval", asdict(last_eval))
+                    print(
+                        f"[train] step {state.step} val_loss {last_eval.val_loss:.3f} (unigram {last_eval.unigram_loss:.3f}) "
+                        f"speaker_acc {last_eval.speaker_acc:.3f} (majority {last_eval.majority_acc:.3f})",
+                        file=sys.stderr, flush=True,
+                    )
+            if state.best_val_loss is None or last_eval.val_loss < state.best_val_loss:
+                state.best_val_loss = last_eval.val_loss
+        if saving:
+            metrics = {"step": state.step, "epoch": state.epoch, **asdict(last_eval)}
+            name = f"checkpoint-{state.step}"
+            folder = workdir / name
+            save_checkpoint(folder, cfg, job, model, optimizer, scheduler, state, session, metrics, base_folder)
+            session.report(metrics, folder, name)
+            shutil.rmtree(folder, ignore_errors=True)
+    progress.close()
+    metrics_log.close()
+    return state
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point on every worker."""
+    cfg = FizzbotConfig.model_validate(config["config"])
+    run_training(cfg, config["job"], RaySession())

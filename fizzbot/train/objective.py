@@ -1,0 +1,89 @@
+"""The training objective: next-token loss on the target only, computing logits only where it counts.
+
+A causal LM's head turns every position's hidden state into a vocabulary-sized row of logits; for a
+chat window, most positions are context whose loss is masked anyway. Here the decoder runs on the
+whole sequence, the hidden states at target positions are gathered, and only those go through the
+head, in chunks whose logits are recomputed in the backward pass instead of being stored. With a
+152k vocabulary and targets a tenth of the tokens, that is most of the head's time and memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from fizzbot.train.data import IGNORE_INDEX
+
+# Rows of logits materialised at once (x vocabulary x 4 bytes): 4096 x 152k is 2.5 GB in fp32.
+LOSS_CHUNK = 4096
+
+
+def causal_lm_parts(model):
+    """(decoder, head) of a causal LM, looking through peft wrappers; the head is the peft-aware module."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.get_decoder(), inner.get_output_embeddings()
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+class TargetOnlyLM(torch.nn.Module):
+    """Wraps a causal LM so that forward() returns the summed target loss (DDP wraps this module)."""
+
+    def __init__(self, model: torch.nn.Module, chunked: bool = True):
+        super().__init__()
+        self.model = model
+        self.chunked = chunked
+
+    def target_hidden(self, input_ids, attention_mask, labels):
+        """Hidden states at the positions that predict a target token, and those tokens."""
+        decoder, _ = causal_lm_parts(self.model)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        shift_labels = labels[:, 1:]
+        where = shift_labels != IGNORE_INDEX
+        return hidden[:, :-1][where], shift_labels[where], where
+
+    def forward(self, input_ids, attention_mask, labels):
+        if not self.chunked:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+        hidden, targets, _ = self.target_hidden(input_ids, attention_mask, labels)
+        _, head = causal_lm_parts(self.model)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], LOSS_CHUNK):
+            h = hidden[start : start + LOSS_CHUNK]
+            y = targets[start : start + LOSS_CHUNK]
+            if torch.is_grad_enabled():
+                total = total + checkpoint(_chunk_loss, head, h, y, use_reentrant=False)
+            else:
+                total = total + _chunk_loss(head, h, y)
+        return total
+
+    @torch.no_grad()
+    def evaluate_batch(self, input_ids, attention_mask, labels, speaker_ids: torch.Tensor):
+        """(summed loss, target tokens, speaker predictions, true speakers) for one batch.
+
+        The speaker is predicted at each row's first target position, among speaker tokens only.
+        """
+        hidden, targets, where = self.target_hidden(input_ids, attention_mask, labels)
+        _, head = causal_lm_parts(self.model)
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        first_rows = []
+        # Index (into the gathered positions) of each row's first target position.
+        counts = where.sum(dim=1)
+        firsts = torch.cumsum(counts, 0) - counts
+        for start in range(0, hidden.shape[0], LOSS_CHUNK):
+            logits = head(hidden[start : start + LOSS_CHUNK]).float()
+            loss += F.cross_entropy(logits, targets[start : start + LOSS_CHUNK], reduction="sum")
+            in_chunk = (firsts >= start) & (firsts < start + logits.shape[0]) & (counts > 0)
+            if in_chunk.any():
+                picked = logits[firsts[in_chunk] - start][:, speaker_ids]
+                first_rows.append((picked.argmax(dim=1), targets[firsts[in_chunk]]))
+        predicted = speaker_ids[torch.cat([p for p, _ in first_rows])] if first_rows else speaker_ids[:0]
+        truth = torch.cat([t for _, t in first_rows]) if first_rows else speaker_ids[:0]
+        return loss, targets.numel(), predicted, truth
