@@ -60,7 +60,7 @@ class DataConfig(Section):
     flood_window_seconds: float = Field(120.0, gt=0, description="Time window of the flood filter.")
     flood_min_chars: int = Field(10, ge=1, description="Shorter texts (\"lol\", \"thanks\") never count as floods.")
     scrub_pii: bool = Field(False, description="Replace e-mail addresses, phone numbers and IP addresses.")
-    irc_channel: str | None = Field(None, description="Channel name for IRC logs that do not name one.")
+    irc_channel: str | None = Field(None, description="Channel name for every IRC log (default: the channel each log names).")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="`fail`: stop on bad input before writing; `skip`: count, sample and go on."
     )

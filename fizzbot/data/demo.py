@@ -64,6 +64,7 @@ class Persona:
     burst_rate: float = 0.0  # chance of following up on their own message (short multi-line bursts)
     own_chat_share: float = 0.5  # share of chatter from their own phrase bank (the rest: the channel's)
     buddies: tuple[str, ...] = ()  # who answers their chatter: the first of these in the conversation
+    lurking: float = 0.0  # extra chance of being in a conversation without saying much
     is_bot: bool = False
 
     def active_at(self, hour: int) -> bool:
@@ -76,7 +77,7 @@ class Persona:
 PERSONAS: tuple[Persona, ...] = (
     Persona(
         "pixelpaws", "The most active member: all lowercase, emoji, typos, multi-line bursts, laughs at bigvolt.",
-        role="chatter", activity=10.0, channels={"general": 1.0, "gaming": 1.0, "music": 0.25, "dev": 0.15},
+        role="chatter", activity=10.0, channels={"general": 1.0, "gaming": 1.0, "music": 0.15, "dev": 0.15},
         hours=(10, 2), casing="lower", emoji=("🐾", "✨", "😂", "😹", "💖"), emoji_rate=0.45, typo_rate=0.06,
         catchphrases=("lol", "ngl", "tbh"), catchphrase_rate=0.25, burst_rate=0.25, own_chat_share=0.6, buddies=("sunnyside", "bigvolt", "kiwi_kat"),
     ),
@@ -84,7 +85,7 @@ PERSONAS: tuple[Persona, ...] = (
         "byteberry", "Developer who asks questions in #dev during working hours and thanks whoever answers.",
         role="asker", activity=6.0, channels={"dev": 1.0, "general": 0.35},
         hours=(8, 19), casing="plain", emoji=("🐛", "🙃"), emoji_rate=0.15, typo_rate=0.02,
-        catchphrases=("halp", "anyone?"), catchphrase_rate=0.1, burst_rate=0.15, buddies=("prof_quill",),
+        catchphrases=("halp", "send coffee"), catchphrase_rate=0.1, burst_rate=0.15, buddies=("prof_quill",),
     ),
     Persona(
         "prof_quill", "Formal, full punctuation, no emoji: answers questions, usually right after them.",
@@ -116,7 +117,7 @@ PERSONAS: tuple[Persona, ...] = (
     Persona(
         "kiwi_kat", "Lurker in #music and #general who replies whenever addressed by name (@kiwi_kat, kiwi: ...).",
         role="addressee", activity=0.8, channels={"music": 1.0, "general": 0.6},
-        hours=(9, 24), casing="plain", emoji=("🥝", "🎧"), emoji_rate=0.35, buddies=("lofi_lena", "pixelpaws"),
+        hours=(9, 2), casing="plain", emoji=("🥝", "🎧"), emoji_rate=0.35, buddies=("lofi_lena", "pixelpaws"), lurking=0.45,
     ),
     Persona(
         "lofi_lena", "Night owl of #music: long, dreamy messages about tracks, with tildes.",
@@ -185,28 +186,12 @@ _COMMON: dict[str, tuple[str, ...]] = {
         "{artist} just dropped a new single", "been listening to {genre} all day",
         "concert tickets for {artist} are up", "learning {song} on guitar",
     ),
-    "question.general": (
-        "anyone know a good place for {food} near the office?", "what are you all doing {when}?",
-        "is it just me or is the wifi slow today?", "does anyone have a spare umbrella?",
-    ),
-    "question.dev": (
-        "does anyone know why {tool} keeps giving me {bug}?", "how do i get {tool} to stop complaining about the lockfile?",
-        "is it worth moving the {module} module from {tool} to rust?", "what's the best way to track down {bug}?",
-        "why does {tool} only fail on the CI and never locally?",
-    ),
-    "question.gaming": ("is {game} worth it on sale?", "what's the best build in {game}?", "how do you beat {boss} in {game}?"),
-    "question.music": ("any recommendations like {artist}?", "has anyone heard the new {artist} record?", "what's a good {genre} album to start with?"),
-    "answer": ("no idea tbh", "i think there's a setting for that", "try turning it off and on again", "ask prof_quill, they know everything"),
     "thanks": ("thanks!", "oh nice, thank you", "that worked, ty", "ahh makes sense, thanks {name}"),
     "react": ("lol", "nice", "same", "haha", "oh no", "true"),
     "address": (
         "@kiwi_kat what was that band you mentioned?", "kiwi: are you coming {when}?",
         "@kiwi_kat did you finish the playlist?", "kiwi_kat, you still into {artist}?",
         "kiwi: what's your favourite {genre} album?", "@kiwi_kat you around {when}?",
-    ),
-    "followup_q": (
-        "and if that doesn't work?", "does that also apply to {tool}?", "hmm, what about on the CI?",
-        "ok but why does it only happen sometimes?", "wait, where do i set that?",
     ),
     "address_back": ("cool, thanks kiwi", "nice, sounds good", "ok see you then!", "adding it to my list"),
     "command": ("!roll", "!weather", "!roll d20"),
@@ -229,13 +214,9 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
             "ugh, {tool} again", "today's bug: {bug}", "anyone else's {tool} super slow today",
             "writing tests for the {module} module", "on call this week, pray for me", "standup in 5",
         ),
-        "question": (
-            "does anyone know why {tool} keeps giving me {bug}?", "how do i pin {tool} to an older version?",
-            "quick one: is {bug} in the {module} module a known issue?", "why would {tool} hang on startup?",
-            "what's the cleanest way to mock the {module} client?", "should i use {tool} or rust for this?",
-        ),
         "thanks": ("ahh that worked, thanks!", "oh nice, ty {name}", "will try that, thanks", "perfect, thank you!", "that fixed it 🙏"),
         "burst": ("nvm found it", "wait no", "oh it's the config again"),
+        "react": ("nice", "oof", "been there", "+1", "haha yes"),
     },
     "prof_quill": {
         "chat": (
@@ -243,26 +224,13 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
             "The review queue is rather long today.", "Good afternoon. I have merged the {module} changes.",
             "I recommend a short walk after lunch; it does wonders.",
         ),
-        "answer.dev": (
-            "Have you tried pinning the {tool} version? That usually fixes {bug}.",
-            "I would start by writing a small test that reproduces it.",
-            "In my experience, {bug} is almost always a configuration issue.",
-            "Check the environment variables on the CI runner; they differ from yours.",
-            "Read the changelog of {tool} first; the answer is often there.",
+        "chat.music": (
+            "I have been listening to a great deal of {genre} lately.", "{artist} were excellent in concert, I am told.",
+            "Nothing beats a record player on a quiet evening.",
         ),
-        "answer.general": (
-            "I would recommend the small {food} place on the corner.", "I am afraid I do not know, but I shall ask around.",
-            "Yes, there is a spare one by the front desk.", "The wifi is being upgraded this week.",
-        ),
-        "answer.music": (
-            "If you enjoy {artist}, you may like Paper Lanterns as well.", "Their second album is the best place to start.",
-            "I would begin with anything by {artist}.", "It is excellent, particularly the closing track.",
-        ),
-        "answer.gaming": ("I have heard good things about it.", "Patience, mostly; and a great deal of practice."),
         "react": ("Well said.", "How delightful.", "Quite right.", "Splendid."),
         "greet": ("Good morning, everyone.", "Good afternoon, all.", "Hello, everyone."),
         "bye": ("I must be going. Good evening, all.", "That is all for me today. Goodbye."),
-        "followup": ("Let me know if that does not work.", "Do keep us posted.", "Also, check the logs."),
         "welcome": ("You are most welcome.", "Glad I could help, {name}.", "Any time, {name}.", "My pleasure."),
     },
     "bigvolt": {
@@ -289,10 +257,12 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
             "i'd tell you a UDP joke but you might not get it", "the rotation of the earth really makes my day",
             "i only know 25 letters of the alphabet. i don't know y",
         ),
+        "react": ("nice one", "heh", "classic", "lol same"),
         "comeback": ("you love it", "i'll be here all week", "admit it, you laughed", "noodle-y appreciated", "tough crowd"),
         "chat": ("ramen for dinner again", "who's up for {game} {when}", "i'm bored, entertain me"),
     },
     "waffle_wizard": {
+        "react": ("meh", "fair", "sure", "ok that's nice"),
         "groan": ("booo", "noodle that was terrible", "i'm leaving this channel", "that's it, muting you", "why are you like this", "please stop"),
         "concede": ("...ok that one was kinda good", "no.", "i hate that i laughed", "fine. one point to noodle"),
         "chat": ("making waffles, obviously", "who took my mug", "{food} or waffles for dinner?"),
@@ -304,6 +274,7 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
         "chat": ("just made a new playlist", "listening to {artist} on repeat", "new headphones arrived!"),
         "share_react": ("ooh adding that", "that one is so good", "saving it for later"),
+        "react": ("ooh nice", "love that", "same here", "haha yes", "adding it to my playlist", "omg yes"),
     },
     "lofi_lena": {
         "chat": (
@@ -313,6 +284,7 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
             "{artist} live sets are the softest thing on the internet",
             "can't sleep so i'm making a {genre} playlist for everyone",
         ),
+        "react": ("mmm yes", "that's lovely", "so soft", "perfect for tonight", "hehe", "same"),
     },
     "modbot": {
         "roll": ("🎲 {name} rolled a {n}",),
@@ -323,6 +295,66 @@ _PERSONA_BANKS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
     },
 }
+
+# Questions with the answers that fit them: (question, formal answers, casual answers). prof_quill
+# gives the formal ones; anyone else the casual ones. Follow-ups work in any channel.
+_QA: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
+    "general": (
+        ("anyone know a good place for {food} near the office?",
+         ("I would recommend the small {food} place on the corner.", "The {food} place by the station is excellent."),
+         ("the {food} place downstairs is ok", "try the one by the station")),
+        ("what are you all doing {when}?",
+         ("I shall be reading a book on {topic}.", "A long walk, weather permitting."),
+         ("nothing much, you?", "sleeping, mostly")),
+        ("is it just me or is the wifi slow today?",
+         ("The wifi is being upgraded this week.", "It is not just you; the router is being replaced."),
+         ("same here", "yeah it's awful")),
+        ("does anyone have a spare umbrella?",
+         ("Yes, there is a spare one by the front desk.",), ("check the lost and found", "there's one by the door")),
+    ),
+    "dev": (
+        ("does anyone know why {tool} keeps giving me {bug}?",
+         ("Have you tried pinning the {tool} version? That usually fixes {bug}.", "In my experience, {bug} is almost always a configuration issue."),
+         ("pin the version, fixed it for me", "prob a config thing")),
+        ("how do i pin {tool} to an older version?",
+         ("Put the exact version in the lock file, then rebuild.", "Use the lock file; never pin by hand."),
+         ("lock file", "there's a flag for that i think")),
+        ("why does {tool} only fail on the CI and never locally?",
+         ("Check the environment variables on the CI runner; they differ from yours.", "The CI runs in UTC; I suspect a timezone bug."),
+         ("env vars, always env vars", "timezones probably")),
+        ("what's the best way to track down {bug}?",
+         ("I would start by writing a small test that reproduces it.", "Bisect the history; it is slow but it never fails."),
+         ("git bisect", "print statements everywhere lol")),
+        ("is {bug} in the {module} module a known issue?",
+         ("Yes; there is an open ticket for it. Read the changelog of {tool} first.", "Not that I know of; please file a ticket."),
+         ("yeah there's a ticket", "no idea tbh")),
+        ("what's the cleanest way to mock the {module} client?",
+         ("Wrap it in a small interface and pass a fake in the tests.", "Do not mock it; use the test server instead."),
+         ("monkeypatch it", "just use the test server")),
+    ),
+    "gaming": (
+        ("is {game} worth it on sale?", ("I have heard good things about it.",), ("yeah it's great on sale", "100% yes")),
+        ("what's the best build in {game}?", ("Speed, I am told.",), ("go for speed, trust me", "glass cannon all the way")),
+        ("how do you beat {boss} in {game}?",
+         ("Patience, mostly; and a great deal of practice.",), ("just keep dying until it works lol", "dodge more, hit less")),
+    ),
+    "music": (
+        ("any recommendations like {artist}?",
+         ("If you enjoy {artist}, you may like Paper Lanterns as well.",), ("try Neon Harbor", "Blue Static is similar")),
+        ("has anyone heard the new {artist} record?",
+         ("It is excellent, particularly the closing track.",), ("yes! it's great", "not yet, is it good?")),
+        ("what's a good {genre} album to start with?",
+         ("I would begin with anything by {artist}.", "Their second album is the best place to start."),
+         ("start with {artist}", "anything by Cassette Moth")),
+    ),
+}
+_FOLLOW_UPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("and if that doesn't work?", ("Then let us look at the logs together.",), ("then idk, ask again later",)),
+    ("are you sure?", ("Quite sure.", "Reasonably sure, yes."), ("pretty sure", "like 80%")),
+    ("wait, why?", ("Because it is usually the simplest explanation.",), ("just a hunch",)),
+    ("ok, anything else i should know?", ("Only that patience helps.", "Not really; good luck."), ("nope, good luck",)),
+)
+
 
 _TYPO_WORDS = {"the": "teh", "you": "u", "really": "rly", "because": "bc", "probably": "prob", "though": "tho", "definitely": "definately"}
 _FLOOD_TEXTS = (
@@ -409,11 +441,23 @@ class _Session:
     def weight(self, persona: Persona) -> float:
         return persona.activity * persona.channels.get(self.channel, 0.0)
 
-    def pick(self, candidates: list[Persona] | None = None, exclude: tuple[str, ...] = ()) -> Persona | None:
+    def pick(
+        self, candidates: list[Persona] | None = None, exclude: tuple[str, ...] = (), favour: str | None = None
+    ) -> Persona | None:
+        """A participant, weighted by activity in this channel; `favour` (a username) weighs FAVOUR times more."""
         pool = [p for p in (candidates or self.participants) if p.username not in exclude and self.weight(p) > 0]
         if not pool:
             return None
-        return self.rng.choices(pool, weights=[self.weight(p) for p in pool])[0]
+        weights = [self.weight(p) * (FAVOUR if p.username == favour else 1.0) for p in pool]
+        return self.rng.choices(pool, weights=weights)[0]
+
+    def partner(self) -> str | None:
+        """Whoever spoke before the last speaker: the other half of the conversation going on."""
+        last = self.last_speaker
+        for event in reversed(self.events):
+            if event[1] != last and not event[3]:
+                return event[1]
+        return None
 
     def present(self, username: str) -> Persona | None:
         for p in self.participants:
@@ -443,7 +487,8 @@ class _Session:
 
 
 def _chatter(s: _Session) -> None:
-    speaker = s.pick(exclude=(s.last_speaker,) if s.rng.random() < 0.85 else ())
+    # Whoever is in the conversation already tends to keep it going.
+    speaker = s.pick(exclude=(s.last_speaker,) if s.rng.random() < 0.85 else (), favour=s.partner())
     if speaker is None:
         return
     own = _PERSONA_BANKS.get(speaker.username, {})
@@ -480,14 +525,15 @@ def _question(s: _Session) -> None:
         answerer = s.pick(exclude=(asker.username,))
         if answerer is None:
             return _chatter(s)
-    s.say(asker, "question", decorate=False)
-    s.say(answerer, "answer")
+    slots = _Slots(s.rng, s.slots)
+    pairs = [s.rng.choice(_QA[s.channel])]
     # A follow-up question or two, each answered by the same person.
-    rounds = 0
-    while rounds < 2 and s.rng.random() < 0.45:
-        s.say(asker, "followup_q", decorate=False)
-        s.say(answerer, "answer")
-        rounds += 1
+    while len(pairs) < 3 and s.rng.random() < 0.45:
+        pairs.append(s.rng.choice(_FOLLOW_UPS))
+    for question, formal, casual in pairs:
+        s.post(asker, _style(s.rng, asker, question.format_map(slots), decorate=False))
+        answer = s.rng.choice(formal if answerer.casing == "formal" else casual)
+        s.post(answerer, _style(s.rng, answerer, answer.format_map(slots)))
     if s.rng.random() < 0.8:
         s.say(asker, "thanks", name=answerer.username)
         if answerer.username == "prof_quill" and s.rng.random() < 0.5:
@@ -574,9 +620,15 @@ def _share(s: _Session) -> None:
     if lena is None:
         return _chatter(s)
     s.say(lena, "chat")
-    listener = s.pick([p for p in s.participants if p.username in ("kiwi_kat", "prof_quill", "pixelpaws")])
-    if listener is not None and s.rng.random() < 0.75:
+    # kiwi_kat listens first; the others when she is not around.
+    listener = s.present("kiwi_kat") or s.pick([p for p in s.participants if p.username in ("prof_quill", "pixelpaws")])
+    if listener is not None and s.rng.random() < 0.85:
         s.say(listener, "share_react" if listener.username == "kiwi_kat" else "react")
+        # A little back-and-forth about the track.
+        for turn in range(3):
+            if s.rng.random() >= 0.6 - 0.1 * turn:
+                break
+            s.say(lena if turn % 2 == 0 else listener, "react")
 
 
 def _command(s: _Session) -> None:
@@ -615,22 +667,25 @@ def _flood(s: _Session) -> None:
         s.post(poster, text, delay=s.rng.randint(1, 12) if i else None)
 
 
+# How much more likely the other half of the current back-and-forth is to start the next exchange.
+FAVOUR = 6.0
+
 # Exchange kinds and their weights per channel.
 _EXCHANGES = {
     "general": {"chatter": 5.0, "question": 2.0, "join": 1.2, "leave": 0.6, "banter": 2.0, "address": 1.2, "hype": 0.3, "share": 0.0},
     "dev": {"chatter": 3.0, "question": 5.0, "join": 0.9, "leave": 0.4, "banter": 0.0, "address": 0.0, "hype": 0.0, "share": 0.0},
     "gaming": {"chatter": 4.0, "question": 1.0, "join": 1.0, "leave": 0.5, "banter": 1.2, "address": 0.0, "hype": 3.0, "share": 0.0},
-    "music": {"chatter": 2.5, "question": 1.5, "join": 0.8, "leave": 0.4, "banter": 0.0, "address": 2.0, "hype": 0.0, "share": 3.0},
+    "music": {"chatter": 1.5, "question": 1.2, "join": 0.8, "leave": 0.4, "banter": 0.0, "address": 3.0, "hype": 0.0, "share": 3.0},
 }
-_NOISE_RATE = 0.022
+_NOISE_RATE = 0.04
 _COMMAND_RATE = 0.012
-_FLOOD_RATE = 0.05  # per session
+_FLOOD_RATE = 0.07  # per session
 _REMINDER_RATE = 0.06  # per session
 
 
 def _participants(rng: random.Random, channel: str, hour: int) -> list[Persona]:
     candidates = [p for p in PERSONAS if not p.is_bot and p.channels.get(channel, 0) > 0 and p.active_at(hour)]
-    chosen = [p for p in candidates if rng.random() < min(0.92, 0.4 + 0.1 * p.activity * p.channels[channel])]
+    chosen = [p for p in candidates if rng.random() < min(0.9, 0.3 + p.lurking + 0.1 * p.activity * p.channels[channel])]
     for p in sorted(candidates, key=lambda p: -p.activity * p.channels[channel]):
         if len(chosen) >= 2:
             break

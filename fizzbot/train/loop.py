@@ -302,7 +302,13 @@ def save_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, optim
         # The built-in base exists nowhere else: an adapter checkpoint carries it (a few MB).
         ckpt.copy_tree(Path(base_folder), folder / ckpt.BASE_DIR)
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": asdict(state), "world": session.world},
+        {
+            # Under DeepSpeed the optimizer state is sharded: each rank saves its shard (DeepSpeedStepper.save).
+            "optimizer": None if cfg.training.deepspeed else optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": asdict(state),
+            "world": session.world,
+        },
         folder / ckpt.TRAINING_STATE,
     )
     if job.metrics_dir and (Path(job.metrics_dir) / "metrics.jsonl").exists():
@@ -333,7 +339,8 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, session: Session)
         if unexpected or set(missing) - tied:
             raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")
     saved = torch.load(folder / ckpt.TRAINING_STATE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    if saved["optimizer"] is not None:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     rng_file = folder / f"rng-rank{session.rank}.pt"
     if rng_file.exists():
@@ -402,6 +409,93 @@ def compute_baselines(train: TokenizedRows, val: TokenizedRows, vocab: int) -> d
     return {"majority_speaker_id": majority, "unigram_loss": unigram}
 
 
+# --- optimizer steps: plain PyTorch (one process or DDP), or DeepSpeed ZeRO -------------------------------
+
+
+class TorchStepper:
+    """Backward and step for one process or DDP (which averages gradients over workers)."""
+
+    def __init__(self, cfg: FizzbotConfig, objective, model, optimizer, scheduler, distributed: bool, device: torch.device):
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self.module = objective
+        if cfg.training.compile:
+            self.module = torch.compile(self.module)
+        if distributed:
+            self.module = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.distributed = distributed
+
+    def backward(self, batch, device: torch.device, scale: float, last: bool) -> torch.Tensor:
+        # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+        sync = contextlib.nullcontext() if (last or not self.distributed) else self.module.no_sync()
+        with sync:
+            loss = self.module(
+                batch.input_ids.to(device, non_blocking=True),
+                batch.attention_mask.to(device, non_blocking=True),
+                batch.labels.to(device, non_blocking=True),
+            )
+            (loss * scale).backward()
+        return loss.detach()
+
+    def step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.cfg.training.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def save(self, folder: Path) -> None:
+        pass  # optimizer and scheduler are in training_state.pt
+
+    def load(self, folder: Path) -> None:
+        pass
+
+
+class DeepSpeedStepper(TorchStepper):
+    """DeepSpeed ZeRO: optimizer state (and at stage 2, gradients) sharded across the GPU workers."""
+
+    def __init__(self, cfg: FizzbotConfig, objective, model, optimizer, scheduler, distributed: bool, device: torch.device):
+        import deepspeed
+
+        self.cfg, self.model, self.scheduler = cfg, model, scheduler
+        t = cfg.training
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        ds_config = {
+            "train_micro_batch_size_per_gpu": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum_steps,
+            "gradient_clipping": t.max_grad_norm,
+            "zero_optimization": {"stage": t.zero_stage, "overlap_comm": True, "contiguous_gradients": True},
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "steps_per_print": 10**9,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=objective, optimizer=optimizer, config=ds_config, dist_init_required=False
+        )
+        self.module = self.engine
+
+    def backward(self, batch, device: torch.device, scale: float, last: bool) -> torch.Tensor:
+        loss = self.engine(
+            batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device)
+        )
+        # DeepSpeed divides by the accumulation steps itself; our scale already normalises per step.
+        self.engine.backward(loss * scale * self.cfg.training.grad_accum_steps)
+        self.engine.step()  # an optimizer step only at the accumulation boundary
+        return loss.detach()
+
+    def step(self) -> float:
+        self.scheduler.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, folder: Path) -> None:
+        # Every rank writes its own optimizer shard; Ray Train merges the workers' folders.
+        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_module_strict=False)
+
+
 # --- the loop ----------------------------------------------------------------------------------------
 
 
@@ -436,14 +530,11 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
     resumed_from = state.step
 
     objective = TargetOnlyLM(model, chunked=t.chunked_loss)
-    if t.compile:
-        objective = torch.compile(objective)
-    wrapped = objective
     distributed = dist.is_available() and dist.is_initialized() and session.world > 1
-    if distributed:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    stepper = (DeepSpeedStepper if t.deepspeed else TorchStepper)(cfg, objective, model, optimizer, scheduler, distributed, device)
+    if t.deepspeed and state.step > 0:
+        with session.latest_checkpoint() as folder:
+            stepper.load(Path(folder))
 
     metrics_log = MetricsLog(job.metrics_dir, session.rank == 0)
     baselines = compute_baselines(train_rows, val_rows, len(tokenizer))
@@ -484,15 +575,9 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
 
         step_loss = 0.0
         for i, b in enumerate(batches):
-            sync = contextlib.nullcontext() if (i == len(batches) - 1 or not distributed) else wrapped.no_sync()
-            with sync:
-                loss = wrapped(b.input_ids.to(device, non_blocking=True), b.attention_mask.to(device, non_blocking=True), b.labels.to(device, non_blocking=True))
-                (loss * scale).backward()
-            step_loss += float(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(model), t.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            loss = stepper.backward(b, device, scale, last=i == len(batches) - 1)
+            step_loss += float(loss)
+        grad_norm = stepper.step()
         state.step += 1
         state.batches_done += per_step
         real = sum(b.real_tokens for b in batches)
@@ -544,6 +629,7 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
             name = f"checkpoint-{state.step}"
             folder = workdir / name
             save_checkpoint(folder, cfg, job, model, optimizer, scheduler, state, session, metrics, base_folder)
+            stepper.save(folder)
             session.report(metrics, folder, name)
             shutil.rmtree(folder, ignore_errors=True)
     progress.close()
