@@ -89,6 +89,126 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- generation and decoding -------------------------------------------------------------------------
+
+
+def _model_dir(args: argparse.Namespace, cfg: FizzbotConfig) -> Path:
+    if getattr(args, "model_dir", None):
+        return Path(args.model_dir)
+    from fizzbot.train.checkpoint import find_latest
+
+    return find_latest(cfg.run.dir)
+
+
+def _read_context(path: str) -> list[dict] | str:
+    """A context file: JSON list / JSON lines of {username, content}, or raw text with speaker tokens."""
+    import json
+
+    text = Path(path).read_text(encoding="utf-8")
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"malformed JSON: {exc.msg}", path=path, line=exc.lineno) from None
+    if stripped.startswith("{"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"malformed JSON: {exc.msg}", path=path, line=number) from None
+        return rows
+    return text
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    g = cfg.generate
+    from fizzbot.infer.decode import decode, encode_messages, format_lines
+    from fizzbot.infer.engine import Request, SamplingParams, engine_from_checkpoint
+
+    model_dir = _model_dir(args, cfg)
+    engine = engine_from_checkpoint(
+        model_dir,
+        device=g.device,
+        tokenizer_model=args.tokenizer_model or g.tokenizer_model,
+        max_prompt_tokens=g.max_prompt_tokens,
+        max_batch_size=g.max_batch_size,
+    )
+    smap = engine.speaker_map
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens or g.max_new_tokens,
+        temperature=g.temperature if args.temperature is None else args.temperature,
+        top_p=args.top_p or g.top_p,
+        top_k=g.top_k,
+        repetition_penalty=args.repetition_penalty or g.repetition_penalty,
+        turns=args.turns or g.turns,
+        eos_stop=g.eos_stop and not args.no_eos_stop,
+        seed=g.seed if args.seed is None else args.seed,
+        force_speaker=smap.resolve(args.next_speaker) if args.next_speaker else None,
+        forbid_speakers=tuple(smap.resolve(name) for name in (args.forbid or g.forbid_speakers)),
+    )
+    prompt = ""
+    if args.context_file:
+        context = _read_context(args.context_file)
+        prompt = context if isinstance(context, str) else encode_messages(context, smap)
+        if prompt and not prompt.endswith("\n"):
+            prompt += "\n"
+    if args.content is not None:
+        if not args.speaker:
+            raise InputError("--content needs --speaker (who says it)", path="--speaker")
+        prompt += encode_messages([{"speaker": smap.resolve(args.speaker), "content": args.content}], smap)
+
+    def show(text: str) -> None:
+        print(text if args.raw else format_lines(decode(text, smap)), flush=True)
+
+    if not args.interactive:
+        (result,) = engine.generate([Request(prompt, params)])
+        show(result.text)
+        return 0
+    if not args.speaker:
+        raise InputError("--interactive needs --speaker: the user you type as", path="--speaker")
+    you = smap.resolve(args.speaker)
+    names = smap.token_to_username()
+    print(f"fizzbot chat: you are {names[you]} ({you}); model {model_dir}. Empty line lets the channel talk; /quit ends.", file=sys.stderr)
+    if prompt:
+        (result,) = engine.generate([Request(prompt, params)])
+        show(result.text)
+        prompt += result.text + "\n"
+    while True:
+        try:
+            line = input(f"{names[you]}> ")
+        except EOFError:
+            break
+        if line.strip() in ("/quit", "/exit"):
+            break
+        if line.strip():
+            prompt += encode_messages([{"speaker": you, "content": line}], smap)
+        (result,) = engine.generate([Request(prompt, params)])
+        show(result.text)
+        prompt += result.text + "\n"
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from fizzbot.data.speakers import SpeakerMap
+    from fizzbot.infer.decode import decode, format_lines
+
+    if args.speaker_map:
+        smap = SpeakerMap.load(args.speaker_map)
+    else:
+        cfg = _config(args)
+        smap = SpeakerMap.load(_model_dir(args, cfg) / "speaker_map.json")
+    text = args.text if args.text is not None else sys.stdin.read()
+    text = text.replace("\\n", "\n")  # `--text "<S0> hi <EOT>\n<S1> yo"` as the original tool's README writes it
+    output = format_lines(decode(text, smap))
+    if output:
+        print(output)
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -128,6 +248,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "generate",
+        help="continue a conversation from a checkpoint",
+        description="Generate the next messages of a conversation: the model picks who speaks next each turn. "
+        "Prints decoded `username: message` lines (--raw: speaker tokens).",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint (under run.dir)")
+    where.add_argument("--model-dir", help="a checkpoint folder")
+    p.add_argument("--speaker", help="username or token of the prompt message's author (and yours with --interactive)")
+    p.add_argument("--content", help="the prompt message")
+    p.add_argument("--context-file", help="earlier messages: JSON list or JSON lines of {username, content}, or raw text")
+    p.add_argument("--turns", type=int, help="messages to generate (default generate.turns)")
+    p.add_argument("--max-new-tokens", type=int, help="token budget per message (default generate.max_new_tokens)")
+    p.add_argument("--temperature", type=float, help="0 is greedy (default generate.temperature)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default generate.top_p)")
+    p.add_argument("--repetition-penalty", type=float, help="(default generate.repetition_penalty)")
+    p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the model's end-of-sequence token")
+    p.add_argument("--seed", type=int, help="sampling seed: same seed, same output")
+    p.add_argument("--next-speaker", help="force who speaks first (username or token)")
+    p.add_argument("--forbid", action="append", help="never speak as this user (repeatable)")
+    p.add_argument("--raw", action="store_true", help="print raw text with speaker tokens")
+    p.add_argument("--interactive", action="store_true", help="chat: you type as --speaker, the channel answers")
+    p.add_argument("--tokenizer-model", help="tokenizer folder for a checkpoint saved without one")
+    _add_config_args(p, default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "decode",
+        help="raw text with speaker tokens -> username: message lines",
+        description="Decode `<S0> hi <EOT>` text into `username: hi` lines. Reads standard input without --text, "
+        "so `fizzbot generate --raw ... | fizzbot decode --latest` works.",
+    )
+    p.add_argument("--text", help="text to decode (default: standard input)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--speaker-map", help="a speaker_map.json")
+    where.add_argument("--model-dir", help="a checkpoint folder (its speaker_map.json)")
+    where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_decode)
+
     return parser
 
 
@@ -136,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, InputError, FileNotFoundError) as exc:
+    except (ConfigError, InputError, FileNotFoundError, KeyError, ValueError) as exc:
+        if isinstance(exc, KeyError):
+            exc = exc.args[0] if exc.args else exc
         print(f"fizzbot {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,7 +29,12 @@ _DEFAULT_MENTION_ONLY_RE = re.compile(rf"^(?:\s*{_AT_MENTION}[\s,:;!?.]*)+$")
 
 _EMAIL_RE = re.compile(r"\b[\w.+\-~]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+\b")
 _IPV4_RE = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
-_IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])")
+# Eight groups in full, or compressed with `::` (`fe80::1`, `::1`); a compressed one must hold a digit,
+# so that `Foo::bar` stays. Clock times (`12:30:45`) are not addresses.
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_IPV6_RE = re.compile(
+    rf"(?<![\w:])(?:(?:{_H16}:){{7}}{_H16}|(?=[\w:]*\d)(?:{_H16}(?::{_H16}){{0,6}})?::(?:{_H16}(?::{_H16}){{0,6}})?)(?![\w:])"
+)
 # International or North-American shapes with separators; bare digit runs (ids, versions) are left alone.
 _PHONE_RE = re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)[\s.\-]?|\d{2,4}[\s.\-])\d{3,4}[\s.\-]\d{3,4}(?![\w.])")
 

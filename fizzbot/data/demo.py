@@ -22,7 +22,7 @@ cleaning stage to drop: empty messages, URL-only and mention-only messages, a bo
 flagged `is_bot`), and now and then a flood (one text posted by 3+ users within a minute).
 
 Generation is deterministic: the same seed gives byte-identical files (one `random.Random(seed)`,
-a fixed start date), and takes well under a second for the default 28 days (~20,000 messages).
+a fixed start date), and takes well under a second for the default 28 days (~19,000 messages).
 """
 
 from __future__ import annotations
@@ -445,7 +445,7 @@ class _Session:
         self, candidates: list[Persona] | None = None, exclude: tuple[str, ...] = (), favour: str | None = None
     ) -> Persona | None:
         """A participant, weighted by activity in this channel; `favour` (a username) weighs FAVOUR times more."""
-        pool = [p for p in (candidates or self.participants) if p.username not in exclude and self.weight(p) > 0]
+        pool = [p for p in (self.participants if candidates is None else candidates) if p.username not in exclude and self.weight(p) > 0]
         if not pool:
             return None
         weights = [self.weight(p) * (FAVOUR if p.username == favour else 1.0) for p in pool]
@@ -632,7 +632,7 @@ def _share(s: _Session) -> None:
 
 
 def _command(s: _Session) -> None:
-    """A user asks the bot for something; the bot answers (both lines are noise for the cleaner but the first)."""
+    """A user asks the bot for something (`!roll`) and the bot answers; the answer is noise to drop."""
     user = s.pick()
     if user is None:
         return
@@ -660,8 +660,8 @@ def _noise(s: _Session) -> None:
 
 def _flood(s: _Session) -> None:
     """The same text from 3-5 different users within a minute."""
-    humans = [p for p in PERSONAS if not p.is_bot]
-    posters = s.rng.sample(humans, s.rng.randint(3, 5))
+    humans = [p for p in PERSONAS if not p.is_bot and p.channels.get(s.channel, 0) > 0]
+    posters = s.rng.sample(humans, min(len(humans), s.rng.randint(3, 5)))
     text = s.rng.choice(_FLOOD_TEXTS)
     for i, poster in enumerate(posters):
         s.post(poster, text, delay=s.rng.randint(1, 12) if i else None)
@@ -701,7 +701,7 @@ def _session(rng: random.Random, channel: str, start: int, length: int) -> list[
     s = _Session(rng, channel, start - rng.randint(5, 30), list(people), slots)
     if rng.random() < _REMINDER_RATE:
         s.say(_BY_NAME["modbot"], "reminder", delay=0)
-    # The conversation opens with a greeting from its most eager member.
+    # The conversation opens with a greeting (and sunnyside, when there, greets back).
     opener = s.pick()
     if opener is not None:
         _greeting(s, opener)

@@ -47,6 +47,15 @@ class InputError(ValueError):
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "line": self.line, "field": self.field, "error": self.reason}
 
+    def __reduce__(self):
+        # Exceptions pickle as cls(*args); `path` is keyword-only, so say how to rebuild this one
+        # (a Ray worker's InputError must arrive in the driver as itself).
+        return _rebuild_input_error, (type(self), self.reason, self.path, self.line, self.field)
+
+
+def _rebuild_input_error(cls: type, message: str, path: str, line: int | None, field: str | None) -> InputError:
+    return cls(message, path=path, line=line, field=field)
+
 
 @dataclass
 class ReadOptions:
@@ -92,11 +101,16 @@ def parse_timestamp(value: Any, *, path: str, line: int | None, field: str = "ti
     return number
 
 
+def defuse_special_tokens(text: str) -> str:
+    """A user who types "<S3>" or "<EOT>" must not produce a speaker change: "< S3>" reads the same."""
+    if "<" not in text:
+        return text
+    return _SPECIAL_LOOKALIKE_RE.sub(lambda m: f"< {m.group(1)}>", text)
+
+
 def clean_content(text: str, max_chars: int) -> str:
     """Edge whitespace off, typed look-alikes of special tokens defused, over-long text cut."""
-    text = text.strip()
-    if "<" in text:
-        text = _SPECIAL_LOOKALIKE_RE.sub(lambda m: f"< {m.group(1)}>", text)
+    text = defuse_special_tokens(text.strip())
     if len(text) > max_chars:
         text = text[:max_chars].rstrip() + " …"
     return text

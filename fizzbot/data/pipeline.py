@@ -140,14 +140,16 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
     """Run the whole preparation; raises InputError (naming file and line) on bad input."""
     started = time.perf_counter()
     settings = PrepareSettings.from_config(data)
-    units: list[SourceUnit] = expand_inputs(data.inputs, data.format)
+    # Absolute paths: Ray workers run in the directory Ray was started from, not necessarily ours.
+    sniff_errors: list[InputError] | None = [] if data.on_error == "skip" else None
+    units: list[SourceUnit] = expand_inputs([str(Path(p).absolute()) for p in data.inputs], data.format, sniff_errors)
     formats = Counter(unit.format for unit in units)
     _log(f"{len(units)} input units ({', '.join(f'{n} {f}' for f, n in sorted(formats.items()))})")
     if use_ray:
         from fizzbot.ray_utils import ensure_ray
 
         ensure_ray()
-    output = Path(data.output)
+    output = Path(data.output).absolute()
     with atomic_directory(output) as staging:
         work = staging / "work"
         for sub in ("runs", "segments", "parts"):
@@ -156,7 +158,8 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         # Stage 1: read and filter every unit.
         read_results = run_stage("read", read_stage, units, use_ray=use_ray, settings=settings, work=work)
         stats: dict[str, ChannelStats] = {}
-        errors, error_count = [], 0
+        errors = [e.to_dict() for e in (sniff_errors or [])[:20]]
+        error_count = len(sniff_errors or [])
         for result in read_results:
             merge_stats(stats, result.stats)
             error_count += result.error_count

@@ -158,18 +158,25 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
     opts = ReadOptions(on_error=settings.on_error, irc_channel=settings.irc_channel, max_message_chars=settings.max_message_chars)
     by_channel: dict[str, list[Message]] = {}
     stats: dict[str, ChannelStats] = {}
-    for message in read_unit(unit, opts):
-        channel_stats = stats.get(message.channel)
-        if channel_stats is None:
-            channel_stats = stats[message.channel] = ChannelStats(format=message.format)
-        channel_stats.read += 1
-        reason = drop_reason(message, drop_bots=settings.drop_bots, bot_usernames=settings.bot_usernames)
-        if reason is not None:
-            channel_stats.dropped[reason] += 1
-            continue
-        if settings.scrub_pii:
-            message.content = scrub_pii(message.content)
-        by_channel.setdefault(message.channel, []).append(message)
+    try:
+        for message in read_unit(unit, opts):
+            channel_stats = stats.get(message.channel)
+            if channel_stats is None:
+                channel_stats = stats[message.channel] = ChannelStats(format=message.format)
+            channel_stats.read += 1
+            reason = drop_reason(message, drop_bots=settings.drop_bots, bot_usernames=settings.bot_usernames)
+            if reason is not None:
+                channel_stats.dropped[reason] += 1
+                continue
+            if settings.scrub_pii:
+                message.content = scrub_pii(message.content)
+            by_channel.setdefault(message.channel, []).append(message)
+    except InputError as error:
+        # A whole-file problem (empty, malformed JSON document, not UTF-8): under `skip` the file is
+        # one skipped record, like a bad line; under `fail` it stops the run.
+        if settings.on_error != "skip":
+            raise
+        opts.errors.append(error)
     runs = []
     for number, (channel, messages) in enumerate(by_channel.items()):
         messages.sort(key=Message.sort_key)

@@ -76,9 +76,10 @@ def window_segment(
         context_lines = rendered[start:index]
         if context_lines and size > budget:
             # One message alone is over budget: keep its speaker token and the end of its text.
+            # A budget too small for even the token and a character of text leaves no context.
             token = tokens[start]
-            keep = max(budget - len(token) - len(EOT) - 6, 8)
-            context_lines = [render(token, "…" + segment[start].content[-keep:])]
+            keep = budget - len(token) - len(EOT) - 6
+            context_lines = [render(token, "…" + segment[start].content[-keep:])] if keep > 0 else []
         message = segment[index]
         row = {
             "context": "".join(line + "\n" for line in context_lines),

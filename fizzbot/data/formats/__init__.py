@@ -120,11 +120,26 @@ def _is_documentation(path: Path) -> bool:
     return name.startswith((".", "readme", "license", "licence", "notice")) or name.endswith(".md")
 
 
-def expand_inputs(paths: list[str], fmt: str = "auto") -> list[SourceUnit]:
-    """Every readable unit under `paths`, in a stable order (sorted within each folder)."""
+def expand_inputs(paths: list[str], fmt: str = "auto", errors: list[InputError] | None = None) -> list[SourceUnit]:
+    """Every readable unit under `paths`, in a stable order (sorted within each folder).
+
+    With `errors` (`on_error: skip`), a file whose format cannot be told (empty, unknown shape) is
+    reported there and left out instead of stopping everything; a missing path is always an error.
+    """
     units: list[SourceUnit] = []
 
-    def add(path: Path, chosen: str) -> None:
+    def sniff(path: Path) -> str | None:
+        try:
+            return _sniff(path)
+        except InputError as error:
+            if errors is None:
+                raise
+            errors.append(error)
+            return None
+
+    def add(path: Path, chosen: str | None) -> None:
+        if chosen is None:
+            return
         if chosen == "slack":
             from fizzbot.data.formats import slack
 
@@ -152,14 +167,14 @@ def expand_inputs(paths: list[str], fmt: str = "auto") -> list[SourceUnit]:
             if not files and not exports:
                 raise InputError("folder holds no files", path=raw)
             for item in sorted(files + exports):
-                add(item, "slack" if item in exports else _sniff(item) if fmt == "auto" else fmt)
+                add(item, "slack" if item in exports else sniff(item) if fmt == "auto" else fmt)
         else:
             if fmt == "slack" or (fmt == "auto" and path.suffix.lower() == ".zip"):
                 if not zipfile.is_zipfile(path):
                     raise InputError("not a zip file (a Slack export is a folder or a zip)", path=raw)
                 add(path, "slack")
             else:
-                add(path, _sniff(path) if fmt == "auto" else fmt)
+                add(path, sniff(path) if fmt == "auto" else fmt)
     return units
 
 

@@ -1,0 +1,65 @@
+"""Decoding: raw model text with speaker tokens -> `username: message` lines, and back.
+
+Decoding splits on speaker tokens, not on <EOT>, so a model that has not learned <EOT> yet still
+decodes: whatever follows `<Sk>` up to the next speaker token is k's message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fizzbot.data.messages import EOT, SPEAKER_TOKEN_RE, defuse_special_tokens
+from fizzbot.data.speakers import SpeakerMap
+from fizzbot.data.windows import render
+
+_SPLIT_RE = re.compile(r"(<S\d+>)")
+
+
+@dataclass
+class DecodedMessage:
+    token: str
+    username: str
+    content: str
+
+    def to_json(self) -> dict:
+        return {"username": self.username, "content": self.content, "speaker": self.token}
+
+
+def split_messages(text: str) -> list[tuple[str, str]]:
+    """(speaker token, content) pairs; text before the first speaker token is dropped."""
+    parts = _SPLIT_RE.split(text)
+    out = []
+    for i in range(1, len(parts), 2):
+        content = parts[i + 1] if i + 1 < len(parts) else ""
+        content = content.replace(EOT, "").strip()
+        out.append((parts[i], content))
+    return out
+
+
+def decode(text: str, speaker_map: SpeakerMap) -> list[DecodedMessage]:
+    names = speaker_map.token_to_username()
+    return [DecodedMessage(token, names.get(token, token), content) for token, content in split_messages(text)]
+
+
+def format_lines(messages: list[DecodedMessage]) -> str:
+    return "\n".join(f"{m.username}: {m.content}" for m in messages)
+
+
+def encode_messages(messages: list[dict], speaker_map: SpeakerMap) -> str:
+    """[{username|speaker, content}] -> the prompt text the model was trained on, ending ready for a speaker."""
+    lines = []
+    for number, message in enumerate(messages):
+        who = message.get("speaker") or message.get("username") or message.get("name")
+        if not who:
+            raise KeyError(f"message {number}: needs a username (or a speaker token)")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise KeyError(f"message {number}: content must be a string")
+        token = speaker_map.resolve(str(who))
+        lines.append(render(token, defuse_special_tokens(content.strip())) + "\n")
+    return "".join(lines)
+
+
+def is_speaker_token(token: str) -> bool:
+    return bool(SPEAKER_TOKEN_RE.fullmatch(token))
