@@ -209,6 +209,41 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serving ---------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    import time as _time
+
+    import requests
+    from ray import serve
+
+    from fizzbot.serve.app import resolve_model_dir, run_server
+
+    model_dir = resolve_model_dir(cfg)
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": model_dir})})
+    url = run_server(cfg)
+    deadline = _time.monotonic() + 120
+    while _time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        _time.sleep(0.5)
+    print(f"fizzbot serving {model_dir}\n  {url}/v1/generate  (OpenAI-compatible: {url}/v1)", flush=True)
+    if not cfg.serve.blocking:
+        return 0
+    try:
+        while True:
+            _time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down", file=sys.stderr)
+        serve.shutdown()
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -288,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint")
     _add_config_args(p)
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over HTTP with Ray Serve",
+        description="Start the Ray Serve application (POST /v1/generate, /v1/decode, /v1/completions, "
+        "/v1/chat/completions; GET /v1/models, /healthz) on a local Ray or the cluster it joins. "
+        "serve.model_dir picks the checkpoint (default: the newest run's best).",
+    )
+    _add_config_args(p, default=None)
+    p.set_defaults(func=cmd_serve)
 
     return parser
 
