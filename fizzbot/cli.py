@@ -244,6 +244,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the whole job -----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from fizzbot.pipeline import run_demo
+
+    return run_demo(cfg, Path(args.corpus))
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -333,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole stack on the embedded default: demo corpus -> prepare -> train -> serve -> ask",
+        description="Write the demo corpus, prepare it with Ray Data, train the built-in tiny model with Ray Train "
+        "(2 CPU workers), serve the best checkpoint with Ray Serve, ask it for a conversation, print it, shut down.",
+    )
+    p.add_argument("--corpus", default="data/demo-corpus", help="where the demo corpus goes (default data/demo-corpus)")
+    _add_config_args(p, default="configs/demo.yaml")
+    p.set_defaults(func=cmd_demo)
 
     return parser
 
