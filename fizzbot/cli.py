@@ -178,10 +178,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         show(result.text)
         prompt += result.text + "\n"
     while True:
-        try:
-            line = input(f"{names[you]}> ")
-        except EOFError:
-            break
+        if sys.stdin.isatty():
+            try:
+                line = input(f"{names[you]}> ")
+            except EOFError:
+                break
+        else:  # piped input: no prompt in the output
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.rstrip("\n")
         if line.strip() in ("/quit", "/exit"):
             break
         if line.strip():

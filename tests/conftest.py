@@ -40,3 +40,56 @@ def ubuntu_logs() -> Path:
     if not UBUNTU_LOGS.is_dir():
         pytest.skip(f"the Ubuntu IRC logs are not at {UBUNTU_LOGS} (they live in the workspace's shared/ folder)")
     return UBUNTU_LOGS
+
+
+# --- a small trained model, shared by the generation and serving tests ---------------------------------
+
+TINY_OVERRIDES = [
+    "model.base=tiny",
+    "model.method=full",
+    "model.tiny.vocab_size=512",
+    "model.tiny.hidden_size=64",
+    "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=2",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.max_position_embeddings=512",
+    "training.num_workers=1",
+    "training.batch_size=16",
+    "training.max_seq_len=192",
+    "training.learning_rate=3e-3",
+    "training.warmup_steps=5",
+    "training.eval_max_batches=4",
+    "training.log_steps=10",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_prepared(tmp_path_factory) -> Path:
+    """The demo corpus, prepared in one process (no Ray): a folder with train/val JSONL and a speaker map."""
+    from fizzbot.config import load_config
+    from fizzbot.data.demo import write_demo_corpus
+    from fizzbot.data.pipeline import prepare
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_corpus(root / "corpus", seed=0, days=10)
+    cfg = load_config(None, [f"data.inputs=[{root / 'corpus'}]", f"data.output={root / 'prepared'}", "data.max_speakers=12"])
+    prepare(cfg.data, use_ray=False, report=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, demo_prepared) -> Path:
+    """A full checkpoint of the tiny model trained for a few dozen steps on the demo data (no Ray)."""
+    from fizzbot.config import load_config
+    from fizzbot.train.trainer import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(
+        None,
+        TINY_OVERRIDES
+        + [f"data.path={demo_prepared}", f"run.dir={runs}", "run.name=fixture", "training.max_steps=40", "training.eval_steps=40", "training.save_steps=40"],
+    )
+    result = train(cfg, use_ray=False)
+    assert result.best_checkpoint is not None
+    return result.best_checkpoint

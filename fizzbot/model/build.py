@@ -56,14 +56,22 @@ def bnb_config(cfg: ModelConfig, compute_dtype: torch.dtype):
     )
 
 
-def lora_config(cfg: ModelConfig, trainable_token_ids: list[int], tied: bool):
+def embedding_module_names(model) -> tuple[str, str | None]:
+    """Names (last path component, as peft matches them) of the input embedding and of the output
+    head when it is a separate matrix: `embed_tokens`/`lm_head` in Llama-like models, `wte` in GPT-2."""
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    output = model.get_output_embeddings()
+    return names[id(model.get_input_embeddings())], None if output is None or is_tied(model) else names[id(output)]
+
+
+def lora_config(cfg: ModelConfig, trainable_token_ids: list[int], input_name: str = "embed_tokens", output_name: str | None = None):
     from peft import LoraConfig
 
     # The chat tokens' rows are trained (only those rows): in the input embedding, and in the output
-    # head when it is a separate matrix; with tied embeddings peft ties the two for us.
-    indices: dict[str, list[int]] = {"embed_tokens": list(trainable_token_ids)}
-    if not tied:
-        indices["lm_head"] = list(trainable_token_ids)
+    # head when it is a separate matrix (`output_name`); with tied embeddings peft ties the two for us.
+    indices: dict[str, list[int]] = {input_name: list(trainable_token_ids)}
+    if output_name is not None:
+        indices[output_name] = list(trainable_token_ids)
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -178,6 +186,6 @@ def prepare_model(cfg: ModelConfig, base_path: str, tokenizer, device: torch.dev
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = get_peft_model(model, lora_config(cfg, chat_token_ids, is_tied(model)))
+    model = get_peft_model(model, lora_config(cfg, chat_token_ids, *embedding_module_names(model)))
     model.train()
     return model
