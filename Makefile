@@ -10,6 +10,10 @@ IMAGE     ?= fizzbot
 CONFIG    ?= configs/demo.yaml
 SERVE_CONFIG ?= configs/serve.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
+# docker-* runs: as you, so that what they write into the mounted repo (data/, runs/) is yours.
+DOCKER_USER ?= --user "$$(id -u):$$(id -g)"
+# -it only from a terminal (docker refuses -t without one, as in CI).
+DOCKER_TTY := $(shell [ -t 0 ] && echo -it)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast gen-training-data local-smoke test-latest serve submit cluster-up cluster-down \
@@ -54,10 +58,12 @@ serve: install ## serve the newest run's best checkpoint on http://127.0.0.1:800
 submit: install ## submit the pipeline (prepare -> train -> deploy) to the Ray cluster at RAY_ADDRESS
 	RAY_ADDRESS=$(RAY_ADDRESS) $(BIN)/ray job submit --working-dir . -- python jobs/pipeline.py --config $(CONFIG)
 
-cluster-up: install ## start the AWS cluster of cluster.yaml (needs AWS credentials)
+cluster-up: install ## start the AWS cluster of cluster.yaml (needs AWS credentials; commands in its header)
+	@$(BIN)/python -c "import boto3" 2>/dev/null || $(BIN)/pip install -q "boto3>=1.26"
 	$(BIN)/ray up -y cluster.yaml
 
-cluster-down: install ## stop the AWS cluster of cluster.yaml
+cluster-down: install ## terminate the AWS cluster of cluster.yaml
+	@$(BIN)/python -c "import boto3" 2>/dev/null || $(BIN)/pip install -q "boto3>=1.26"
 	$(BIN)/ray down -y cluster.yaml
 
 bench: install ## CPU benchmarks (figures in docs/BENCHMARKS.md)
@@ -66,25 +72,25 @@ bench: install ## CPU benchmarks (figures in docs/BENCHMARKS.md)
 	$(BIN)/python benchmarks/serve_throughput.py
 
 docker-build: ## build the GPU image (CUDA base)
-	docker build -t $(IMAGE):gpu -f Dockerfile .
+	docker build -t $(IMAGE):gpu -f Dockerfile --build-arg VARIANT=gpu --build-arg TORCH_PIN="$(TORCH_PIN)" .
 
 docker-build-cpu: ## build the CPU image
-	docker build -t $(IMAGE):cpu -f Dockerfile --build-arg VARIANT=cpu .
+	docker build -t $(IMAGE):cpu -f Dockerfile --build-arg VARIANT=cpu --build-arg TORCH_PIN="$(TORCH_PIN)" .
 
 docker-train-gpu: ## QLoRA training in the GPU image (the repo mounted at /workspace)
-	docker run --rm -it --gpus all --shm-size=8g -v "$$PWD":/workspace -w /workspace $(IMAGE):gpu \
+	docker run --rm $(DOCKER_TTY) $(DOCKER_USER) --gpus all --shm-size=8g -v "$$PWD":/workspace -w /workspace $(IMAGE):gpu \
 	  fizzbot train --config configs/train_gpu_qlora.yaml
 
 docker-train-cpu: ## CPU training in the CPU image
-	docker run --rm -it --shm-size=4g -v "$$PWD":/workspace -w /workspace $(IMAGE):cpu \
+	docker run --rm $(DOCKER_TTY) $(DOCKER_USER) --shm-size=4g -v "$$PWD":/workspace -w /workspace $(IMAGE):cpu \
 	  fizzbot train --config configs/train_cpu.yaml
 
 docker-smoke: ## the demo pipeline in the GPU image
-	docker run --rm -it --gpus all --shm-size=8g -v "$$PWD":/workspace -w /workspace $(IMAGE):gpu \
+	docker run --rm $(DOCKER_TTY) $(DOCKER_USER) --gpus all --shm-size=8g -v "$$PWD":/workspace -w /workspace $(IMAGE):gpu \
 	  fizzbot demo --config configs/demo.yaml
 
 docker-smoke-cpu: ## the demo pipeline in the CPU image
-	docker run --rm -it --shm-size=4g -v "$$PWD":/workspace -w /workspace $(IMAGE):cpu \
+	docker run --rm $(DOCKER_TTY) $(DOCKER_USER) --shm-size=4g -v "$$PWD":/workspace -w /workspace $(IMAGE):cpu \
 	  fizzbot demo --config configs/demo.yaml
 
 docker-train-gpu-build: docker-build docker-train-gpu ## build, then train on GPU

@@ -97,7 +97,7 @@ def build_corpus(work: Path, target: int, repeat: int | None) -> Corpus:
         sys.exit(f"no *.log files in {LOGS}")
     root = work / "corpus"
     manifest_path = root / "manifest.json"
-    wanted = {"source": str(LOGS), "target": target, "repeat": repeat}
+    wanted = {"source": str(LOGS), "target": target, "repeat": repeat, "rewrite": _UBUNTU_RE.pattern}
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("wanted") == wanted and all((root / rel).is_file() for rel in manifest["files"]):
@@ -200,6 +200,7 @@ def run_plain(inputs: list[str], output: Path) -> dict:
         sys.exit(f"the plain prepare failed (exit {proc.returncode})")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["digest"] = digest(output)
+    result["channels"] = sorted(json.loads((output / "stats.json").read_text(encoding="utf-8"))["channels"])
     return result
 
 
@@ -401,6 +402,8 @@ def main() -> int:
         f"        {len(corpus.files)} IRC logs = {corpus.repetitions:.2f} copies of the {len(list(LOGS.glob('*.log')))} Ubuntu logs;",
         f"        each copy its own channel ({channel_range}): '#ubuntu' rewritten in the copied",
         "        logs (the reader takes the channel from their join lines) and the folder named after it",
+        f"        channels in the output: {len(plain['channels'])}"
+        + ("" if plain["channels"] == sorted(corpus.channels) else f" -- NOT the {len(corpus.channels)} expected: {plain['channels'][:8]}"),
         f"machine: {os.cpu_count()} CPUs; Ray local, num_cpus={NUM_CPUS}; report.png not drawn",
         "",
         f"{'':34}{'seconds':>9}{'messages/s':>13}   peak memory",

@@ -508,13 +508,16 @@ def build_app(args: AppArgs):
     return build_deployment(cfg)
 
 
-def run_server(cfg: FizzbotConfig, *, wait_ready_s: float = 300.0) -> str:
-    """Start Serve on the running Ray with the HTTP options of `serve.*`; returns the base URL."""
+def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str = "/") -> str:
+    """Deploy the application on the running Ray (started if needed); returns its base URL.
+
+    Serve's HTTP proxy takes `serve.host`/`serve.port` when Serve first starts on a cluster; later
+    applications (another `name` and `route_prefix`) share that proxy.
+    """
     from fizzbot.ray_utils import ensure_ray
 
     ensure_ray()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    app = build_deployment(cfg)
-    serve.run(app, name="fizzbot", route_prefix="/", blocking=False)
-    url = f"http://{'127.0.0.1' if cfg.serve.host in ('0.0.0.0', '::') else cfg.serve.host}:{cfg.serve.port}"
-    return url
+    serve.run(build_deployment(cfg), name=name, route_prefix=route_prefix, blocking=False)
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    return f"http://{host}:{cfg.serve.port}{route_prefix.rstrip('/')}"
