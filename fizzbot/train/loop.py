@@ -161,10 +161,13 @@ class LocalSession(Session):
         if folder is None:
             return
         target = self.run_dir / name
+        partial = self.run_dir / f".{name}.partial-local"
+        # A process killed while copying leaves `partial` behind; the resumed run saves this step again.
+        shutil.rmtree(partial, ignore_errors=True)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(folder, self.run_dir / f".{name}.partial-local")
-        os.replace(self.run_dir / f".{name}.partial-local", target)
+        shutil.copytree(folder, partial)
+        os.replace(partial, target)
         found = ckpt.checkpoints_of(self.run_dir)
         latest = found[-1][1] if found else None
         scored = sorted(found, key=lambda f: (f[2].get("val_loss", math.inf), -f[0]))

@@ -250,6 +250,12 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
     run_dir = run.local_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     data = resolve_data(cfg, run_dir)
+    # Rows are checked in the driver before anything reads them (the tiny BPE is trained on the
+    # targets), so a row without a target is refused by file and line before any worker starts.
+    from fizzbot.train.data import read_rows
+
+    for path in (data.train_path, data.val_path):
+        read_rows(path)
     _log(f"{'resuming' if resuming else 'starting'} run {run.storage}/{run.name}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
 
@@ -308,14 +314,10 @@ def _fit_with_ray(cfg: FizzbotConfig, job, data: TrainingData, run: RunPaths) ->
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from fizzbot.train.data import read_rows
     from fizzbot.train.loop import train_loop_per_worker
     from fizzbot.train.tokenize import tokenized_dataset
 
     t = cfg.training
-    # Rows are checked in the driver, so a bad row is refused before any worker starts.
-    for path in (data.train_path, data.val_path):
-        read_rows(path)
     datasets = {
         name: tokenized_dataset(str(path), job.tokenizer, t.max_seq_len, job.speaker_token_ids)
         for name, path in (("train", data.train_path), ("val", data.val_path))
