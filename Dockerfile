@@ -2,7 +2,8 @@
 #
 #   docker build -t fizzbot:gpu .                          # GPU (CUDA base; the default)   make docker-build
 #   docker build -t fizzbot:cpu --build-arg VARIANT=cpu .  # CPU (python:3.11-slim base)     make docker-build-cpu
-#   docker run --rm --gpus all --shm-size=8g fizzbot:gpu fizzbot train --config configs/train_gpu_qlora.yaml
+#   docker run --rm --gpus all --shm-size=8g --user "$(id -u):$(id -g)" -v "$PWD":/workspace fizzbot:gpu \
+#     fizzbot train --config configs/train_gpu_qlora.yaml    # what `make docker-train-gpu` runs
 #
 # The source (fizzbot/, jobs/, configs/) is also kept in /workspace, the working directory, so that
 # the image runs the pipeline without a mount (k8s/rayjob.yaml); the Makefile's docker-* targets
@@ -12,7 +13,8 @@
 ARG VARIANT=gpu
 
 # GPU: the CUDA runtime on Ubuntu 22.04, Python 3.11 from the deadsnakes PPA. PyPI's Linux wheel of
-# torch is the CUDA build and brings its own CUDA libraries; the host brings the driver.
+# torch is the CUDA build and brings its own CUDA libraries; the host brings the driver. (wget, in
+# both variants: KubeRay's health probes call it.)
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 AS base-gpu
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \

@@ -14,8 +14,8 @@ largest channel's overlapping files, not the corpus. The same functions run in o
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import json
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from pathlib import Path
 from fizzbot.data.clean import DROP_REASONS, FloodFilter, drop_reason, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
 from fizzbot.data.messages import InputError, Message, ReadOptions
-from fizzbot.data.windows import WindowSettings, segment_id, split_segments, window_segment
+from fizzbot.data.windows import WindowSettings, segment_id, split_segments, window_segment_jsonl
 
 # Message length histogram: fixed bins (characters) so that per-shard histograms add up.
 LENGTH_BINS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 10**9)
@@ -262,11 +262,7 @@ def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path) -> Se
         seen = usernames.get(message.author_id)
         if seen is None or message.ts >= seen[0]:
             usernames[message.author_id] = (message.ts, message.username)
-        size = len(message.content)
-        for b in range(len(LENGTH_BINS) - 1):
-            if size < LENGTH_BINS[b + 1]:
-                lengths[b] += 1
-                break
+        lengths[bisect.bisect_right(LENGTH_BINS, len(message.content)) - 1] += 1
 
     shards: list[ShardInfo] = []
     batch: list[list[Message]] = []
@@ -377,13 +373,12 @@ def window_stage(
     val_path = work / "parts" / f"{stem}.val.jsonl"
     train_counts: Counter = Counter()
     val_counts: Counter = Counter()
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     with open(train_path, "w", encoding="utf-8") as train_fh, open(val_path, "w", encoding="utf-8") as val_fh:
         for segment, sid in zip(segments, shard.segments):
             speaker = [tokens.get(m.author_id, other_token) for m in segment]
             train_lines, val_lines = [], []
-            for is_val, row in window_segment(segment, speaker, settings.window, val_from[sid]):
-                (val_lines if is_val else train_lines).append(dumps(row))
+            for is_val, line in window_segment_jsonl(segment, speaker, settings.window, val_from[sid]):
+                (val_lines if is_val else train_lines).append(line)
             if train_lines:
                 train_fh.write("\n".join(train_lines) + "\n")
                 train_counts[segment[0].channel] += len(train_lines)

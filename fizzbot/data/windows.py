@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Iterator
 
 from fizzbot.data.messages import EOT, Message
@@ -51,6 +52,33 @@ def render(token: str, content: str) -> str:
     return f"{token} {content} {EOT}"
 
 
+def _windows(segment: list[Message], rendered: list[str], tokens: list[str], settings: WindowSettings) -> Iterator[tuple[int, int, str | None]]:
+    """(target index, context start, clipped context line or None) for every target of a segment."""
+    rng = random.Random(f"{settings.seed}:{segment_id(segment)}")
+    lo, span = settings.min_context, settings.max_context - settings.min_context + 1
+    budget = settings.max_context_chars
+    # prefix[i]: characters of messages 0..i-1, +1 each for the newline that ends a context line.
+    prefix = [0]
+    for line in rendered:
+        prefix.append(prefix[-1] + len(line) + 1)
+    for index in range(lo, len(segment)):
+        k = min(lo + int(rng.random() * span), index)
+        start = index - k
+        size = prefix[index] - prefix[start]
+        # Oldest messages leave first until the context fits.
+        while size > budget and index - start > 1:
+            size -= len(rendered[start]) + 1
+            start += 1
+        clipped = None
+        if index > start and size > budget:
+            # One message alone is over budget: keep its speaker token and the end of its text.
+            # A budget too small for even the token and a character of text leaves no context.
+            token = tokens[start]
+            keep = budget - len(token) - len(EOT) - 6
+            clipped = render(token, "…" + segment[start].content[-keep:]) if keep > 0 else ""
+        yield index, start, clipped
+
+
 def window_segment(
     segment: list[Message],
     tokens: list[str],
@@ -62,30 +90,45 @@ def window_segment(
     `tokens[i]` is the speaker token of `segment[i]`; targets at index >= `val_from` are validation
     targets. Contexts only ever hold earlier messages of the same segment.
     """
-    rng = random.Random(f"{settings.seed}:{segment_id(segment)}")
     rendered = [render(token, message.content) for token, message in zip(tokens, segment)]
-    budget = settings.max_context_chars
-    for index in range(settings.min_context, len(segment)):
-        k = min(rng.randint(settings.min_context, settings.max_context), index)
-        start = index - k
-        # Oldest messages leave first until the context fits; +1 per message for the newline.
-        size = sum(len(rendered[j]) + 1 for j in range(start, index))
-        while size > budget and index - start > 1:
-            size -= len(rendered[start]) + 1
-            start += 1
-        context_lines = rendered[start:index]
-        if context_lines and size > budget:
-            # One message alone is over budget: keep its speaker token and the end of its text.
-            # A budget too small for even the token and a character of text leaves no context.
-            token = tokens[start]
-            keep = budget - len(token) - len(EOT) - 6
-            context_lines = [render(token, "…" + segment[start].content[-keep:])] if keep > 0 else []
+    for index, start, clipped in _windows(segment, rendered, tokens, settings):
+        if clipped is None:
+            context = "".join(line + "\n" for line in rendered[start:index])
+        else:
+            context = clipped + "\n" if clipped else ""
         message = segment[index]
         row = {
-            "context": "".join(line + "\n" for line in context_lines),
+            "context": context,
             "target": rendered[index],
             "channel": message.channel,
             "speaker": tokens[index],
             "ts": round(message.ts, 3),
         }
         yield index >= val_from, row
+
+
+def window_segment_jsonl(
+    segment: list[Message],
+    tokens: list[str],
+    settings: WindowSettings,
+    val_from: int,
+) -> Iterator[tuple[bool, str]]:
+    """The rows of `window_segment` as JSON lines, byte for byte what json.dumps writes for them.
+
+    The hot path of `fizzbot prepare`: a message appears in up to max_context_messages contexts,
+    so it is rendered and JSON-escaped once (escaping is per character: escape(a + b) equals
+    escape(a) + escape(b)) and contexts are joined from the escaped pieces.
+    """
+    rendered = [render(token, message.content) for token, message in zip(tokens, segment)]
+    pieces = [encode_basestring(line + "\n")[1:-1] for line in rendered]
+    channel = encode_basestring(segment[0].channel)
+    for index, start, clipped in _windows(segment, rendered, tokens, settings):
+        if clipped is None:
+            context = '"' + "".join(pieces[start:index]) + '"'
+        else:
+            context = encode_basestring(clipped + "\n") if clipped else '""'
+        line = (
+            f'{{"context":{context},"target":{encode_basestring(rendered[index])},"channel":{channel},'
+            f'"speaker":{encode_basestring(tokens[index])},"ts":{float.__repr__(round(segment[index].ts, 3))}}}'
+        )
+        yield index >= val_from, line
