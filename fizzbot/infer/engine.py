@@ -82,10 +82,11 @@ class _Row:
         self.prompt_ids = prompt_ids
         self.dropped = dropped
         self.generated: list[int] = []
-        self.seen = torch.zeros(engine.vocab, dtype=torch.bool)
-        self.seen[torch.tensor(prompt_ids, dtype=torch.long)] = True
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        self.seen = torch.zeros(engine.vocab, dtype=torch.bool, device=engine.device)
+        self.seen[torch.tensor(prompt_ids, dtype=torch.long, device=engine.device)] = True
+        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.key = _mix32(seed & 0xFFFFFFFF) ^ _mix32((seed >> 32) ^ 0x5BD1E995)
+        self.draws = 0  # random draws so far: with the seed, what the next draw's noise depends on
         self.phase = SPEAKER if engine.ends_at_turn_boundary(prompt_ids) else MESSAGE
         self.turns_done = 0
         self.turn_tokens = 0
@@ -97,8 +98,222 @@ class _Row:
         self.forbidden = [engine.token_id(t) for t in p.forbid_speakers]
 
 
+def _mix32(x: int) -> int:
+    """lowbias32: a 32-bit integer hash (the same as _hash32, in Python)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding 32-bit values (products wrap; the low 32 bits are exact)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Gumbel noise [B, vocab] that depends only on each row's key: the same request draws the same
+    sample whatever it is batched with, on any device, with no per-row generator to launch."""
+    index = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    bits = _hash32((index[None, :] * 0x9E3779B1 + keys[:, None]) & 0xFFFFFFFF)
+    uniform = (bits.to(torch.float64) + 0.5) / 4294967296.0
+    return (-torch.log(-torch.log(uniform))).to(torch.float32)
+
+
+# --- KV-cache backends ----------------------------------------------------------------------------------
+
+
+class DynamicBackend:
+    """Per-row KV caches of exactly the length needed: rows join by left-padding, leave by index."""
+
+    def __init__(self, engine: "GenerationEngine"):
+        self.engine = engine
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    def add(self, prompts: list[list[int]]) -> torch.Tensor:
+        e = self.engine
+        ids, mask, positions = e.left_pad(prompts)
+        out = e.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        self._merge(out.past_key_values, mask, positions[:, -1] + 1)
+        return out.logits[:, -1, :]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.engine.model(
+            input_ids=tokens.view(-1, 1), attention_mask=mask, position_ids=self.positions.view(-1, 1),
+            past_key_values=self.cache, use_cache=True,
+        )
+        self.cache, self.mask, self.positions = out.past_key_values, mask, self.positions + 1
+        return out.logits[:, -1, :]
+
+    def keep(self, keep: list[int]) -> None:
+        if not keep:
+            self.cache = self.mask = self.positions = None
+            return
+        index = torch.tensor(keep, device=self.engine.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        # Columns that are padding for every remaining row go: the batch stays as long as its longest row.
+        live = self.mask.any(dim=0).nonzero()
+        first = int(live[0]) if len(live) else 0
+        if first > 0:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(ddp_cache_data=[(k[:, :, first:], v[:, :, first:]) for k, v, *_ in self.cache])
+            self.mask = self.mask[:, first:]
+
+    def _merge(self, cache, mask: torch.Tensor, next_positions: torch.Tensor) -> None:
+        from transformers import DynamicCache
+
+        if self.cache is None:
+            self.cache, self.mask, self.positions = cache, mask, next_positions
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        layers = []
+        for (k_old, v_old, *_), (k_new, v_new, *_) in zip(self.cache, cache):
+            layers.append((torch.cat([_left_pad(k_old, width, 2), _left_pad(k_new, width, 2)]),
+                           torch.cat([_left_pad(v_old, width, 2), _left_pad(v_new, width, 2)])))
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        self.positions = torch.cat([self.positions, next_positions])
+
+
+def _left_pad(t: torch.Tensor, to: int, dim: int) -> torch.Tensor:
+    if t.shape[dim] == to:
+        return t
+    shape = list(t.shape)
+    shape[dim] = to - t.shape[dim]
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class StaticBackend:
+    """A fixed [slots x length] KV cache whose decode step can be captured as a CUDA graph.
+
+    Every step writes at one shared index `t`; a row that joins is prefilled on its own and its
+    keys and values copied into its slot to end at `t`, its mask opening only its own span (RoPE
+    positions are per row, so a row's place in the cache does not matter). When `t` reaches the end,
+    the live spans are shifted back (`_compact`). Inactive slots ride along masked out: the graph's
+    shapes never change, so `torch.compile(mode="reduce-overhead")` replays one graph per step.
+    """
+
+    def __init__(self, engine: "GenerationEngine", slots: int, length: int, compile: bool):
+        from transformers import StaticCache
+
+        e = self.engine = engine
+        self.slots, self.length = slots, length
+        self.cache = StaticCache(config=e.model.config, max_cache_len=length)
+        self.start = e.max_prompt_tokens  # first write index: room for any prompt before it
+        self.t = self.start
+        self.mask = torch.zeros(slots, length, dtype=torch.long, device=e.device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=e.device)
+        self.row_slots: list[int] = []  # slot of each active row, in the engine's row order
+        self.free = list(range(slots))
+        self.forward = e.model.forward
+        if compile:
+            self.forward = torch.compile(e.model.forward, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        self._warm = False
+        self.compactions = 0
+
+    def __len__(self) -> int:
+        return len(self.row_slots)
+
+    def _layers(self):
+        return self.cache.layers
+
+    def add(self, prompts: list[list[int]]) -> torch.Tensor:
+        e = self.engine
+        if not self._warm:
+            self._initialise()
+        if self.t + 1 >= self.length:
+            self._compact()
+        ids, mask, positions = e.left_pad(prompts)
+        out = e.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        width = mask.shape[1]
+        lo = self.t - width
+        for i in range(len(prompts)):
+            slot = self.free.pop(0)
+            for layer, (k, v, *_) in zip(self._layers(), out.past_key_values):
+                layer.keys[slot, :, lo:self.t] = k[i]
+                layer.values[slot, :, lo:self.t] = v[i]
+            self.mask[slot].zero_()
+            self.mask[slot, lo:self.t] = mask[i]
+            self.positions[slot] = positions[i, -1] + 1
+            self.row_slots.append(slot)
+        return out.logits[:, -1, :]
+
+    def _initialise(self) -> None:
+        """Allocate the cache (one throw-away step) before any prefill is copied into it."""
+        e = self.engine
+        dummy = torch.full((self.slots, 1), e.pad_id, dtype=torch.long, device=e.device)
+        self._set_index(0)
+        e.model(input_ids=dummy, attention_mask=self.mask.clone(), position_ids=self.positions.view(-1, 1),
+                past_key_values=self.cache, cache_position=torch.tensor([0], device=e.device), use_cache=True)
+        self._warm = True
+
+    def _set_index(self, t: int) -> None:
+        for layer in self._layers():
+            layer.cumulative_length.fill_(t)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        e = self.engine
+        if self.t + 1 >= self.length:
+            self._compact()
+        slots = torch.tensor(self.row_slots, device=e.device)
+        full = torch.full((self.slots,), e.pad_id, dtype=torch.long, device=e.device)
+        full[slots] = tokens
+        self.mask[slots, self.t] = 1
+        self._set_index(self.t)
+        out = self.forward(
+            input_ids=full.view(-1, 1), attention_mask=self.mask, position_ids=self.positions.view(-1, 1),
+            past_key_values=self.cache, cache_position=torch.tensor([self.t], device=e.device), use_cache=True,
+        )
+        logits = out.logits[:, -1, :][slots]
+        self.positions[slots] += 1
+        self.t += 1
+        return logits
+
+    def keep(self, keep: list[int]) -> None:
+        kept = [self.row_slots[i] for i in keep]
+        for slot in self.row_slots:
+            if slot not in kept:
+                self.mask[slot].zero_()
+                self.free.append(slot)
+        self.row_slots = kept
+        if not kept:
+            self.t = self.start
+
+    def _compact(self) -> None:
+        """Shift every live span back so that the write index returns to the prompt boundary."""
+        live = self.mask.any(dim=0).nonzero()
+        first = int(live[0]) if len(live) else self.t
+        shift = min(first, self.t - self.start)
+        if shift <= 0:
+            raise EngineError("a conversation grew past the static cache; raise generate.max_cache_len")
+        n = self.t - shift
+        for layer in self._layers():
+            layer.keys[:, :, :n] = layer.keys[:, :, shift:self.t].clone()
+            layer.values[:, :, :n] = layer.values[:, :, shift:self.t].clone()
+        self.mask[:, :n] = self.mask[:, shift:self.t].clone()
+        self.mask[:, n:] = 0
+        self.t = n
+        self.compactions += 1
+
+
 class GenerationEngine:
-    def __init__(self, model, tokenizer, speaker_map: SpeakerMap, *, max_prompt_tokens: int = 768, max_batch_size: int = 32, device: torch.device | None = None):
+    def __init__(self, model, tokenizer, speaker_map: SpeakerMap, *, max_prompt_tokens: int = 768, max_batch_size: int = 32,
+                 device: torch.device | None = None, static_cache: bool = False, compile: bool = False, max_cache_len: int = 2048):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.speaker_map = speaker_map
@@ -115,19 +330,23 @@ class GenerationEngine:
         max_positions = getattr(model.config, "max_position_embeddings", 4096) or 4096
         self.max_positions = max_positions
         self.max_prompt_tokens = min(max_prompt_tokens, max_positions - 16)
-        # Tokens never sampled inside a message: speaker tokens (only at a turn start), pad, BOS.
+        # What may be sampled where: speaker tokens only at a turn start; inside a message anything
+        # but speaker tokens, pad, BOS and the embedding's spare rows.
+        self.speaker_allowed = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+        self.speaker_allowed[self.speaker_ids.to(self.device)] = True
         never = [self.pad_id] + self.bos + [i for i in range(len(tokenizer), self.vocab)]
-        self.message_mask = torch.zeros(self.vocab, dtype=torch.bool)
-        self.message_mask[self.speaker_ids] = True
-        self.message_mask[torch.tensor([i for i in never if i is not None and i < self.vocab], dtype=torch.long)] = True
-        self.message_mask[self.eot_id] = False
+        self.message_allowed = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
+        self.message_allowed[self.speaker_ids.to(self.device)] = False
+        self.message_allowed[torch.tensor([i for i in never if i is not None and i < self.vocab], dtype=torch.long, device=self.device)] = False
+        self.message_allowed[self.eot_id] = True
+        if static_cache:
+            length = max(max_cache_len, self.max_prompt_tokens * 2 + 64)
+            self.backend = StaticBackend(self, max_batch_size, length, compile)
+        else:
+            self.backend = DynamicBackend(self)
         self._queue: queue.Queue[Request] = queue.Queue()
         self._rows: list[_Row] = []
-        self._cache = None
-        self._mask: torch.Tensor | None = None
-        self._positions: torch.Tensor | None = None
         self._last_tokens: torch.Tensor | None = None
-        self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -166,6 +385,17 @@ class GenerationEngine:
             ids = ids[cut:]
         return self.bos + ids, dropped
 
+    def left_pad(self, prompts: list[list[int]]):
+        """Left-padded ids, mask and per-row positions on the device (rows end together)."""
+        longest = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, longest - len(p):] = torch.tensor(p)
+            mask[i, longest - len(p):] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
     # --- the batch ----------------------------------------------------------------------------------
     def submit(self, request: Request) -> Request:
         for token in [request.params.force_speaker, *request.params.forbid_speakers]:
@@ -196,6 +426,7 @@ class GenerationEngine:
     def start(self) -> None:
         """Run the decode loop in a background thread (the server's mode)."""
         if self._thread is None:
+            self._stop = False
             self._thread = threading.Thread(target=self._loop, name="fizzbot-engine", daemon=True)
             self._thread.start()
 
@@ -204,6 +435,7 @@ class GenerationEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._thread = None
 
     def _loop(self) -> None:
         while not self._stop:
@@ -216,7 +448,8 @@ class GenerationEngine:
             except BaseException as exc:  # fail the requests in flight, keep serving
                 for row in self._rows:
                     self._finish(row, error=exc)
-                self._rows, self._cache = [], None
+                self._rows = []
+                self.backend.keep([])
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -225,18 +458,8 @@ class GenerationEngine:
         if not self._rows:
             return
         self.steps += 1
-        mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device)], dim=1)
-        out = self.model(
-            input_ids=self._last_tokens.view(-1, 1),
-            attention_mask=mask,
-            position_ids=self._positions.view(-1, 1),
-            past_key_values=self._cache,
-            use_cache=True,
-        )
-        self._cache = out.past_key_values
-        self._mask = mask
-        self._positions = self._positions + 1
-        self._advance(out.logits[:, -1, :])
+        logits = self.backend.step(self._last_tokens)
+        self._advance(logits, range(len(self._rows)))
 
     def _admit(self) -> None:
         room = self.max_batch_size - len(self._rows)
@@ -259,107 +482,73 @@ class GenerationEngine:
                     request.on_done(exc)
         if not new:
             return
-        longest = max(len(r.prompt_ids) for r in new)
-        input_ids = torch.full((len(new), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), longest), dtype=torch.long)
-        for i, row in enumerate(new):
-            n = len(row.prompt_ids)
-            input_ids[i, longest - n:] = torch.tensor(row.prompt_ids)
-            mask[i, longest - n:] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self._merge(new, out.past_key_values, mask.to(self.device), positions[:, -1].to(self.device) + 1)
+        logits = self.backend.add([r.prompt_ids for r in new])
+        first = len(self._rows)
+        self._rows = self._rows + new
+        pad = torch.full((len(new),), self.pad_id, dtype=torch.long, device=self.device)
+        self._last_tokens = pad if self._last_tokens is None or first == 0 else torch.cat([self._last_tokens, pad])
         # The first token of each new row comes from its prefill logits.
-        logits = out.logits[:, -1, :]
-        first = len(self._rows) - len(new)
-        self._advance(logits, rows=range(first, len(self._rows)))
+        self._advance(logits, range(first, len(self._rows)))
 
-    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor, next_positions: torch.Tensor) -> None:
-        """Join prefilled rows to the running batch, padding the shorter cache on the left."""
-        from transformers import DynamicCache
-
-        if not self._rows:
-            self._rows, self._cache, self._mask, self._positions = rows, cache, mask, next_positions
-            self._last_tokens = torch.full((len(rows),), self.pad_id, dtype=torch.long, device=self.device)
-            return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-
-        def pad(t: torch.Tensor, to: int) -> torch.Tensor:
-            if t.shape[-2 if t.dim() == 4 else -1] == to:
-                return t
-            if t.dim() == 4:  # [B, H, L, D]
-                extra = torch.zeros(t.shape[0], t.shape[1], to - t.shape[2], t.shape[3], dtype=t.dtype, device=t.device)
-                return torch.cat([extra, t], dim=2)
-            extra = torch.zeros(t.shape[0], to - t.shape[1], dtype=t.dtype, device=t.device)
-            return torch.cat([extra, t], dim=1)
-
-        layers = []
-        for (k_old, v_old, *_), (k_new, v_new, *_) in zip(self._cache, cache):
-            layers.append((torch.cat([pad(k_old, width), pad(k_new, width)]), torch.cat([pad(v_old, width), pad(v_new, width)])))
-        self._cache = DynamicCache(ddp_cache_data=layers)
-        self._mask = torch.cat([pad(self._mask, width), pad(mask, width)])
-        self._positions = torch.cat([self._positions, next_positions])
-        self._last_tokens = torch.cat([self._last_tokens, torch.full((len(rows),), self.pad_id, dtype=torch.long, device=self.device)])
-        self._rows = self._rows + rows
-
-    def _advance(self, logits: torch.Tensor, rows: range | None = None) -> None:
-        """Choose each row's next token, record it, and retire finished rows."""
-        indices = list(rows) if rows is not None else list(range(len(self._rows)))
-        logits = logits.float().cpu()
-        chosen = self._last_tokens.clone().cpu()
-        for j, i in enumerate(indices):
+    def _advance(self, logits: torch.Tensor, rows: range) -> None:
+        """Choose the next token of `rows` (one per logits row), record it, and retire finished rows."""
+        chosen = self.sample([self._rows[i] for i in rows], logits)
+        tokens = self._last_tokens.clone()
+        for i, token in zip(rows, chosen):
             row = self._rows[i]
             if row.phase == DONE:
                 continue
-            token = self._choose(row, logits[j])
-            chosen[i] = token
+            tokens[i] = token
             self._record(row, token)
-        self._last_tokens = chosen.to(self.device)
+        self._last_tokens = tokens
         self._retire()
 
-    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
-        if row.forced:
-            return row.forced.pop(0)
-        p = row.params
-        if row.phase == SPEAKER:
-            if row.force_speaker_id is not None and row.turns_done == 0:
-                return row.force_speaker_id
-            allowed = torch.full_like(logits, float("-inf"))
-            allowed[self.speaker_ids] = 0.0
-            if row.forbidden:
-                allowed[torch.tensor(row.forbidden)] = float("-inf")
-            if torch.isinf(allowed).all():
-                raise EngineError("every speaker is forbidden")
-            logits = logits + allowed
-        else:
-            logits = logits.masked_fill(self.message_mask, float("-inf"))
-            if not p.eos_stop and self.eos_id is not None:
-                logits[self.eos_id] = float("-inf")
-        if p.repetition_penalty != 1.0 and row.phase == MESSAGE:
-            seen = row.seen & torch.isfinite(logits)
-            scores = logits[seen]
-            logits[seen] = torch.where(scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty)
-        if p.temperature <= 0:
-            return int(torch.argmax(logits))
-        logits = logits / p.temperature
-        if p.top_k > 0:
-            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_probs, dim=0)
-            cut = cumulative - sorted_probs > p.top_p  # keep the smallest set reaching top_p
-            sorted_probs[cut] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
+    def sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Next tokens for a batch of rows, in a handful of vectorised ops on the model's device.
+
+        The conversation grammar is a mask (speaker tokens at a turn start, none inside a message);
+        then repetition penalty, temperature, top-k and top-p per row; then a Gumbel-max draw whose
+        noise comes from each row's seed and draw count only. Forced tokens replace the draw.
+        """
+        n = len(rows)
+        device = logits.device
+        logits = logits.float()
+        at_speaker = torch.tensor([r.phase == SPEAKER for r in rows], device=device)
+        allowed = torch.where(at_speaker[:, None], self.speaker_allowed[None, :], self.message_allowed[None, :])
+        for i, r in enumerate(rows):
+            if r.forbidden and r.phase == SPEAKER:
+                allowed[i, r.forbidden] = False
+            if not r.params.eos_stop and self.eos_id is not None and r.phase == MESSAGE:
+                allowed[i, self.eos_id] = False
+        if not bool(allowed.any(dim=1).all()):
+            raise EngineError("every speaker is forbidden")
+        penalty = torch.tensor([r.params.repetition_penalty if r.phase == MESSAGE else 1.0 for r in rows], device=device)
+        if bool((penalty != 1.0).any()):
+            seen = torch.stack([r.seen for r in rows])
+            p = penalty[:, None]
+            logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
+        greedy = logits.argmax(dim=-1)
+        scaled = logits / temperature.clamp(min=1e-5)[:, None]
+        top_p = torch.tensor([r.params.top_p for r in rows], device=device)
+        top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else self.vocab for r in rows], device=device)
+        if bool((top_p < 1.0).any() or (top_k < self.vocab).any()):
+            ordered, order = scaled.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keep the smallest set reaching top_p
+            drop |= torch.arange(self.vocab, device=device)[None, :] >= top_k[:, None]
+            scaled = torch.empty_like(scaled).scatter_(1, order, ordered.masked_fill(drop, float("-inf")))
+        keys = torch.tensor([_mix32(r.key ^ _mix32(r.draws)) for r in rows], dtype=torch.int64, device=device)
+        drawn = (scaled + gumbel_noise(keys, self.vocab)).argmax(dim=-1)
+        choice = torch.where(temperature > 0, drawn, greedy).tolist()
+        for i, r in enumerate(rows):
+            r.draws += 1
+            if r.forced:
+                choice[i] = r.forced.pop(0)
+            elif r.phase == SPEAKER and r.force_speaker_id is not None and r.turns_done == 0:
+                choice[i] = r.force_speaker_id
+        return choice
 
     def _record(self, row: _Row, token: int) -> None:
         p = row.params
@@ -416,27 +605,9 @@ class GenerationEngine:
         for i, row in enumerate(self._rows):
             if i not in keep:
                 self._finish(row)
-        if not keep:
-            self._rows, self._cache, self._mask, self._positions, self._last_tokens = [], None, None, None, None
-            return
-        index = torch.tensor(keep, device=self.device)
-        self._cache.batch_select_indices(index)
+        self.backend.keep(keep)
         self._rows = [self._rows[i] for i in keep]
-        self._mask = self._mask[index]
-        self._positions = self._positions[index]
-        self._last_tokens = self._last_tokens[index]
-        # Columns that are padding for every remaining row are dropped: the batch stays as short as its longest row.
-        live = self._mask.any(dim=0).nonzero()
-        first = int(live[0]) if len(live) else 0
-        if first > 0:
-            self._crop_left(first)
-            self._mask = self._mask[:, first:]
-
-    def _crop_left(self, n: int) -> None:
-        from transformers import DynamicCache
-
-        layers = [(k[:, :, n:], v[:, :, n:]) for k, v, *_ in self._cache]
-        self._cache = DynamicCache(ddp_cache_data=layers)
+        self._last_tokens = self._last_tokens[torch.tensor(keep, device=self.device)] if keep else None
 
     def _finish(self, row: _Row, error: BaseException | None = None) -> None:
         request = row.request
@@ -510,7 +681,9 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
     return model, tokenizer, speaker_map
 
 
-def engine_from_checkpoint(model_dir: str | Path, *, device: str = "auto", tokenizer_model: str | None = None, max_prompt_tokens: int = 768, max_batch_size: int = 32) -> GenerationEngine:
+def engine_from_checkpoint(model_dir: str | Path, *, device: str = "auto", tokenizer_model: str | None = None, max_prompt_tokens: int = 768,
+                           max_batch_size: int = 32, static_cache: bool = False, compile: bool = False) -> GenerationEngine:
     dev = resolve_device(device)
     model, tokenizer, speaker_map = load_for_inference(model_dir, device=dev, tokenizer_model=tokenizer_model)
-    return GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size, device=dev)
+    return GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size,
+                            device=dev, static_cache=static_cache, compile=compile)
