@@ -155,11 +155,11 @@ def test_sampling_honours_top_k_and_the_grammar(engine):
 def test_static_cache_backend_matches_the_dynamic_one(tiny_checkpoint):
     """The CUDA-graph-ready backend (fixed slots, shared write index, compaction) decodes the same text."""
     static = engine_from_checkpoint(tiny_checkpoint, device="cpu", max_prompt_tokens=64, max_batch_size=4, static_cache=True)
-    static.backend.length = 160  # small, so that a long run compacts the cache several times
-    static.backend.mask = static.backend.mask[:, :160]
+    static.backend.length = 110  # small, so that a long run compacts the cache several times
+    static.backend.mask = static.backend.mask[:, :110]
     from transformers import StaticCache
 
-    static.backend.cache = StaticCache(config=static.model.config, max_cache_len=160)
+    static.backend.cache = StaticCache(config=static.model.config, max_cache_len=110)
     dynamic = engine_from_checkpoint(tiny_checkpoint, device="cpu", max_prompt_tokens=64, max_batch_size=4)
     requests = lambda: [Request(prompt_for(dynamic, (i, f"hello number {i} " * (1 + i % 3))), SamplingParams(turns=3, seed=i, max_new_tokens=12, eos_stop=False)) for i in range(7)]
     a = [r.text for r in dynamic.generate(requests())]
