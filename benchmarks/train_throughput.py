@@ -212,7 +212,7 @@ def run_fizzbot(setup: Setup, args, batching: str, chunked: bool, name: str) -> 
 
 def run_hf_trainer(setup: Setup, args, name: str = "hf_trainer") -> RunResult:
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     from fizzbot.train.data import IGNORE_INDEX
@@ -278,6 +278,7 @@ def run_hf_trainer(setup: Setup, args, name: str = "hf_trainer") -> RunResult:
     trainer = CountingTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator, callbacks=[StepClock()]
     )
+    trainer.remove_callback(PrinterCallback)  # keep stdout for the table
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         output = trainer.train()

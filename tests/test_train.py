@@ -47,6 +47,7 @@ TINY = [
     "model.tiny.max_position_embeddings=128",
     "training.max_seq_len=128",
     "training.num_workers=1",
+    "training.threads_per_worker=1",  # tiny matrices: one thread is fastest, and the cores are shared
     "training.batch_size=8",
     "training.learning_rate=1e-2",
     "training.lr_schedule=constant",

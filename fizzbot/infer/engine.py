@@ -82,8 +82,10 @@ class _Row:
         self.prompt_ids = prompt_ids
         self.dropped = dropped
         self.generated: list[int] = []
-        self.seen = torch.zeros(engine.vocab, dtype=torch.bool, device=engine.device)
-        self.seen[torch.tensor(prompt_ids, dtype=torch.long, device=engine.device)] = True
+        self.seen = None  # tokens seen so far, for the repetition penalty (only kept when it applies)
+        if p.repetition_penalty != 1.0:
+            self.seen = torch.zeros(engine.vocab, dtype=torch.bool, device=engine.device)
+            self.seen[torch.tensor(prompt_ids, dtype=torch.long, device=engine.device)] = True
         seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.key = _mix32(seed & 0xFFFFFFFF) ^ _mix32((seed >> 32) ^ 0x5BD1E995)
         self.draws = 0  # random draws so far: with the seed, what the next draw's noise depends on
@@ -339,6 +341,7 @@ class GenerationEngine:
         self.message_allowed[self.speaker_ids.to(self.device)] = False
         self.message_allowed[torch.tensor([i for i in never if i is not None and i < self.vocab], dtype=torch.long, device=self.device)] = False
         self.message_allowed[self.eot_id] = True
+        self._nothing_seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
         if static_cache:
             length = max(max_cache_len, self.max_prompt_tokens * 2 + 64)
             self.backend = StaticBackend(self, max_batch_size, length, compile)
@@ -346,7 +349,7 @@ class GenerationEngine:
             self.backend = DynamicBackend(self)
         self._queue: queue.Queue[Request] = queue.Queue()
         self._rows: list[_Row] = []
-        self._last_tokens: torch.Tensor | None = None
+        self._last: list[int] = []  # each row's latest token, the input of the next decode step
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -458,7 +461,7 @@ class GenerationEngine:
         if not self._rows:
             return
         self.steps += 1
-        logits = self.backend.step(self._last_tokens)
+        logits = self.backend.step(torch.tensor(self._last, dtype=torch.long, device=self.device))
         self._advance(logits, range(len(self._rows)))
 
     def _admit(self) -> None:
@@ -485,22 +488,19 @@ class GenerationEngine:
         logits = self.backend.add([r.prompt_ids for r in new])
         first = len(self._rows)
         self._rows = self._rows + new
-        pad = torch.full((len(new),), self.pad_id, dtype=torch.long, device=self.device)
-        self._last_tokens = pad if self._last_tokens is None or first == 0 else torch.cat([self._last_tokens, pad])
+        self._last = self._last + [self.pad_id] * len(new)
         # The first token of each new row comes from its prefill logits.
         self._advance(logits, range(first, len(self._rows)))
 
     def _advance(self, logits: torch.Tensor, rows: range) -> None:
         """Choose the next token of `rows` (one per logits row), record it, and retire finished rows."""
         chosen = self.sample([self._rows[i] for i in rows], logits)
-        tokens = self._last_tokens.clone()
         for i, token in zip(rows, chosen):
             row = self._rows[i]
             if row.phase == DONE:
                 continue
-            tokens[i] = token
+            self._last[i] = token
             self._record(row, token)
-        self._last_tokens = tokens
         self._retire()
 
     def sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
@@ -524,7 +524,7 @@ class GenerationEngine:
             raise EngineError("every speaker is forbidden")
         penalty = torch.tensor([r.params.repetition_penalty if r.phase == MESSAGE else 1.0 for r in rows], device=device)
         if bool((penalty != 1.0).any()):
-            seen = torch.stack([r.seen for r in rows])
+            seen = torch.stack([r.seen if r.seen is not None else self._nothing_seen for r in rows])
             p = penalty[:, None]
             logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
         logits = logits.masked_fill(~allowed, float("-inf"))
@@ -557,7 +557,8 @@ class GenerationEngine:
             row.phase = DONE
             return
         row.generated.append(token)
-        row.seen[token] = True
+        if row.seen is not None:
+            row.seen[token] = True
         if row.phase == SPEAKER and token in self._speaker_set:
             row.phase = MESSAGE
             row.turn_tokens = 0
@@ -607,7 +608,7 @@ class GenerationEngine:
                 self._finish(row)
         self.backend.keep(keep)
         self._rows = [self._rows[i] for i in keep]
-        self._last_tokens = self._last_tokens[torch.tensor(keep, device=self.device)] if keep else None
+        self._last = [self._last[i] for i in keep]
 
     def _finish(self, row: _Row, error: BaseException | None = None) -> None:
         request = row.request

@@ -177,13 +177,12 @@ def prepare_model(cfg: ModelConfig, base_path: str, tokenizer, device: torch.dev
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
-    if quantize:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-    elif checkpointing:
+    # peft's prepare_model_for_kbit_training is not used: its fp32 upcast of every non-quantised
+    # weight exists for fp16 training; with bf16 (or fp32 on CPU) compute it only makes every layer
+    # slower. Freezing the base is get_peft_model's job; checkpointing needs input grads.
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = get_peft_model(model, lora_config(cfg, chat_token_ids, *embedding_module_names(model)))
