@@ -130,7 +130,7 @@ def fizzbot_run(name: str, folder: Path, method: str, *, checkpointing: bool, bu
             _sync()
             start = time.perf_counter()
             real = padded = 0
-        b = collate(rows, batches[step % len(batches)], 0)
+        b = collate(rows, batches[step % len(batches)], 0, multiple_of=64 if compile else 1)
         scale = 1.0 / b.target_tokens
         stepper.backward(b, device, scale, last=True)
         stepper.step()

@@ -26,11 +26,15 @@ Rates are generated tokens per second of wall time (all requests); latency is pe
 for Serve, from sending the request to the whole response, queueing included). Goal: Serve >= 4x
 the plain one-at-a-time rate.
 
-Threads: Ray sets OMP_NUM_THREADS to floor(num_cpus) of an actor, so the replica's torch uses
-floor(serve.num_cpus) threads (1 with fizzbot's default serve.num_cpus=1). Here the replica gets
-`--replica-cpus` (default 2, the whole 2-CPU Ray); a probe actor with the same num_cpus reports the
-thread count it sees, and the one-at-a-time sides use that many threads (printed with the table).
-The one-at-a-time sides run before Ray starts; the HTTP clients share the machine with the replica.
+Threads: Ray sets OMP_NUM_THREADS to floor(num_cpus) of an actor unless the variable is already
+set, so the replica's torch uses floor(serve.num_cpus) threads (1 with fizzbot's default
+serve.num_cpus=1). Here the replica gets `--replica-cpus` (default 2, the whole 2-CPU Ray), hence 2
+threads; `--torch-threads N` instead exports OMP_NUM_THREADS=N before Ray starts (its workers
+inherit it). A probe actor with the replica's num_cpus reports the thread count it sees; the
+one-at-a-time sides use the same count (all printed with the table). The one-at-a-time sides run
+before Ray starts; during the Serve side the HTTP clients and Serve's proxy share the machine with
+the replica. On a 2-core machine that is busy with anything else, 2 torch threads can be many times
+slower than 1 (OpenMP threads wait on each other): compare `--replica-cpus 1` there.
 """
 
 from __future__ import annotations
@@ -145,9 +149,9 @@ def sampling_params(body: dict):
 
 
 def run_engine_sequential(engine, bodies: list[dict], warmup: int) -> Side:
-    from fizzbot.infer.engine import Request
-
     import torch
+
+    from fizzbot.infer.engine import Request
 
     side = Side("engine_1x1", "fizzbot GenerationEngine, one request at a time", threads=torch.get_num_threads())
     for body in bodies[:warmup]:
@@ -305,6 +309,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients (default 16)")
     parser.add_argument("--max-concurrent", type=int, default=16, help="serve.max_concurrent_requests (default 16)")
     parser.add_argument("--replica-cpus", type=float, default=2.0, help="serve.num_cpus of the replica (default 2)")
+    parser.add_argument("--torch-threads", type=int, help="export OMP_NUM_THREADS=N for Ray's workers (default: Ray's floor(num_cpus))")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured requests before each one-at-a-time side")
     parser.add_argument("--days", type=int, default=28, help="days of demo chat (default 28)")
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
@@ -314,6 +319,8 @@ def main() -> int:
     import torch
 
     # What the replica's torch will use (Ray: OMP_NUM_THREADS = floor(num_cpus) unless already set); the probe checks it.
+    if args.torch_threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # before ray.init: Ray's workers inherit it
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, math.floor(args.replica_cpus)))
     torch.set_num_threads(threads)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="fizzbot-serve-bench-"))
@@ -338,7 +345,6 @@ def main() -> int:
         info["prompt_tokens_mean"] = sum(prompt_lens) / len(prompt_lens)
         log(f"{len(bodies)} requests, prompts {min(prompt_lens)}-{max(prompt_lens)} tokens (mean {info['prompt_tokens_mean']:.0f})")
 
-        sides: list[Side] = []
         engine_side = run_engine_sequential(engine, bodies, args.warmup)
         log(f"engine one at a time: {engine_side.rate:.1f} tok/s, {engine_side.total_tokens} tokens in {engine_side.wall_s:.1f}s")
         hf_side = run_hf_sequential(model, engine, bodies, engine_side.tokens, args.warmup)

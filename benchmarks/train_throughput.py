@@ -363,7 +363,8 @@ def main() -> int:
 def report(args, setup: Setup, runs: dict[str, list[RunResult]]) -> None:
     chosen = {n: median_result(rs) for n, rs in runs.items()}
     base = chosen["hf_trainer"]
-    descriptions = {"hf_trainer": "HF Trainer + peft: padded random batches, full-vocab loss", **{k: v[2] for k, v in VARIANTS.items()}}
+    trainer = "HF Trainer + peft" if args.method == "lora" else "HF Trainer"
+    descriptions = {"hf_trainer": f"{trainer}: padded random batches, full-vocab loss", **{k: v[2] for k, v in VARIANTS.items()}}
     print()
     print(f"Training throughput, CPU, {args.threads} threads, method={args.method}, tiny model (hidden 192, 4 layers, "
           f"vocab {len(setup.job.tokenizer)}), batch {args.batch_size}, {args.steps} measured steps after {args.warmup}, "

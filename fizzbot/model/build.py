@@ -148,7 +148,7 @@ def load_base(cfg: ModelConfig, base_path: str, device: torch.device, quantize: 
     }
     if quantize:
         kwargs["quantization_config"] = bnb_config(cfg, dtype)
-        kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     except OSError as exc:

@@ -422,7 +422,8 @@ class TorchStepper:
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.module = objective
         if cfg.training.compile:
-            self.module = torch.compile(self.module)
+            # Row lengths vary batch to batch: one graph with a dynamic sequence length, not a recompile each.
+            self.module = torch.compile(self.module, dynamic=True)
         if distributed:
             self.module = torch.nn.parallel.DistributedDataParallel(
                 self.module, device_ids=[device.index] if device.type == "cuda" else None
@@ -571,7 +572,7 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
             epoch_batches = plan_epoch(lengths, plan, state.epoch)
         start = state.batches_done + session.rank
         mine = [epoch_batches[start + k * session.world] for k in range(t.grad_accum_steps)]
-        batches = [collate(train_rows, indices, pad_id) for indices in mine]
+        batches = [collate(train_rows, indices, pad_id, multiple_of=64 if t.compile else 1) for indices in mine]
         local_targets = sum(b.target_tokens for b in batches)
         (global_targets,) = _all_reduce([float(local_targets)], device)
         scale = session.world / max(global_targets, 1.0)  # DDP averages over workers; undo that
