@@ -79,7 +79,7 @@ def hf_runs(model, tokenizer, prompt: str, results: dict) -> None:
         print("hf_static_bs16", results["hf_static_bs16"], flush=True)
 
 
-def engine_runs(model, tokenizer, speakers, prompt: str, results: dict, concurrent: int) -> None:
+def engine_runs(model, tokenizer, speakers, prompt: str, results: dict, concurrent: int, eager_too: bool = True) -> None:
     from fizzbot.infer.engine import GenerationEngine, Request, SamplingParams
 
     def params(seed: int) -> SamplingParams:
@@ -92,24 +92,50 @@ def engine_runs(model, tokenizer, speakers, prompt: str, results: dict, concurre
         return sum(r.completion_tokens for r in results_), seconds, [r.seconds for r in results_]
 
     eager = GenerationEngine(model, tokenizer, speakers, max_prompt_tokens=512, max_batch_size=concurrent)
+    eager.timings = {}
     run(eager, 1, 0)
+    results["engine_eager_1_split_ms"] = {k: round(1000 * v / eager.steps, 2) for k, v in eager.timings.items()}
+    eager.timings = None
     tokens, seconds, _ = run(eager, 1, 1)
     results["engine_eager_1"] = {"tokens_per_s": round(tokens / seconds, 1), "ms_per_token": round(1000 * seconds / tokens, 2)}
     print("engine_eager_1", results["engine_eager_1"], flush=True)
-    tokens, seconds, lat = run(eager, concurrent, 100)
-    results[f"engine_eager_{concurrent}"] = {"tokens_per_s": round(tokens / seconds), "seconds": round(seconds, 2)}
-    print(f"engine_eager_{concurrent}", results[f"engine_eager_{concurrent}"], flush=True)
+    if eager_too:
+        tokens, seconds, lat = run(eager, concurrent, 100)
+        results[f"engine_eager_{concurrent}"] = {"tokens_per_s": round(tokens / seconds), "seconds": round(seconds, 2)}
+        print(f"engine_eager_{concurrent}", results[f"engine_eager_{concurrent}"], flush=True)
     del eager
+
+    from fizzbot.infer.engine import StaticBackend
 
     started = time.perf_counter()
     graph = GenerationEngine(model, tokenizer, speakers, max_prompt_tokens=512, max_batch_size=concurrent, static_cache=True,
                              compile=True, max_cache_len=1536)
-    run(graph, 1, 0)  # compiles and captures
+    try:  # a whole-graph capture shows whether anything in the forward breaks the graph
+        graph.backend = StaticBackend(graph, concurrent, 1536, compile=True, fullgraph=True)
+        run(graph, 1, 0)
+        results["fullgraph"] = True
+    except Exception as exc:
+        results["fullgraph"] = f"{type(exc).__name__}: {exc}"[:600]
+        print("fullgraph capture failed:", results["fullgraph"], flush=True)
+        torch._dynamo.reset()
+        graph.backend = StaticBackend(graph, concurrent, 1536, compile=True, fullgraph=False)
+        graph._rows, graph._last = [], []
+        run(graph, 1, 0)  # compiles and captures
     run(graph, concurrent, 200)
     results["graph_warmup_s"] = round(time.perf_counter() - started, 1)
+    graph.timings = {}
+    steps_before = graph.steps
+    tokens, seconds, _ = run(graph, 1, 2)
+    results["engine_graph_1_split_ms"] = {k: round(1000 * v / (graph.steps - steps_before), 2) for k, v in graph.timings.items()}
+    graph.timings = None
     tokens, seconds, _ = run(graph, 1, 2)
     results["engine_graph_1"] = {"tokens_per_s": round(tokens / seconds, 1), "ms_per_token": round(1000 * seconds / tokens, 2)}
     print("engine_graph_1", results["engine_graph_1"], flush=True)
+    graph.timings = {}
+    steps_before = graph.steps
+    run(graph, concurrent, 400)
+    results[f"engine_graph_{concurrent}_split_ms"] = {k: round(1000 * v / (graph.steps - steps_before), 2) for k, v in graph.timings.items()}
+    graph.timings = None
     tokens, seconds, lat = run(graph, concurrent, 300)
     lat.sort()
     results[f"engine_graph_{concurrent}"] = {
@@ -123,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrent", type=int, default=32)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "/tmp"), "gpu_generate.json"))
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
     model, tokenizer, speakers, prompt = build(Path("/tmp/fizzbot-qwen05-random"))
     results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    steps = [("engine", lambda: engine_runs(model, tokenizer, speakers, prompt, results, args.concurrent))]
+    steps = [("engine", lambda: engine_runs(model, tokenizer, speakers, prompt, results, args.concurrent, not args.skip_eager))]
     if not args.skip_hf:
         steps.insert(0, ("hf", lambda: hf_runs(model, tokenizer, prompt, results)))
     for name, step in steps:

@@ -136,6 +136,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         tokenizer_model=args.tokenizer_model or g.tokenizer_model,
         max_prompt_tokens=g.max_prompt_tokens,
         max_batch_size=g.max_batch_size,
+        static_cache=g.compile,
+        compile=g.compile,
+        max_cache_len=g.max_cache_len,
     )
     smap = engine.speaker_map
     params = SamplingParams(

@@ -200,7 +200,10 @@ class GenerateConfig(Section):
     forbid_speakers: list[str] = Field(default_factory=list, description="Usernames or tokens never to speak as.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
-    compile: bool = Field(False, description="Static KV cache with CUDA graphs (GPU).")
+    compile: bool = Field(
+        False, description="Static-slot KV cache with the decode step captured as a CUDA graph (GPU; first requests compile)."
+    )
+    max_cache_len: int = Field(2048, ge=64, description="Slot length of the static KV cache (with generate.compile).")
 
 
 class AutoscalingConfig(Section):
@@ -225,7 +228,6 @@ class ServeConfig(Section):
     max_n: int = Field(4, ge=1, description="Most completions per request (OpenAI `n`).")
     max_concurrent_requests: int = Field(32, ge=1, description="Requests decoded at once on a replica.")
     max_queued_requests: int = Field(64, ge=0, description="Requests waiting beyond those; more get 503.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a new batch waits to fill.")
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
     blocking: bool = Field(True, description="`fizzbot serve` waits until interrupted.")
 

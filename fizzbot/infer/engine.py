@@ -210,7 +210,7 @@ class StaticBackend:
     shapes never change, so `torch.compile(mode="reduce-overhead")` replays one graph per step.
     """
 
-    def __init__(self, engine: "GenerationEngine", slots: int, length: int, compile: bool):
+    def __init__(self, engine: "GenerationEngine", slots: int, length: int, compile: bool, fullgraph: bool = False):
         from transformers import StaticCache
 
         e = self.engine = engine
@@ -222,9 +222,12 @@ class StaticBackend:
         self.positions = torch.zeros(slots, dtype=torch.long, device=e.device)
         self.row_slots: list[int] = []  # slot of each active row, in the engine's row order
         self.free = list(range(slots))
+        from fizzbot.infer.attention import use_decode_attention
+
+        use_decode_attention(e.model)
         self.forward = e.model.forward
         if compile:
-            self.forward = torch.compile(e.model.forward, mode="reduce-overhead", fullgraph=False, dynamic=False)
+            self.forward = torch.compile(e.model.forward, mode="reduce-overhead", fullgraph=fullgraph, dynamic=False)
         self._warm = False
         self.compactions = 0
 
@@ -354,6 +357,7 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.steps = 0
+        self.timings: dict[str, float] | None = None  # set to {} to profile steps
 
     # --- tokens ------------------------------------------------------------------------------------
     def token_id(self, token: str) -> int:
@@ -461,8 +465,21 @@ class GenerationEngine:
         if not self._rows:
             return
         self.steps += 1
+        if self.timings is None:
+            logits = self.backend.step(torch.tensor(self._last, dtype=torch.long, device=self.device))
+            self._advance(logits, range(len(self._rows)))
+            return
+        # Profiling (benchmarks): where a step's time goes, with the device synchronised around each part.
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
         logits = self.backend.step(torch.tensor(self._last, dtype=torch.long, device=self.device))
+        sync()
+        t1 = time.perf_counter()
         self._advance(logits, range(len(self._rows)))
+        t2 = time.perf_counter()
+        self.timings["forward"] = self.timings.get("forward", 0.0) + t1 - t0
+        self.timings["sample_and_record"] = self.timings.get("sample_and_record", 0.0) + t2 - t1
 
     def _admit(self) -> None:
         room = self.max_batch_size - len(self._rows)
@@ -520,10 +537,11 @@ class GenerationEngine:
                 allowed[i, r.forbidden] = False
             if not r.params.eos_stop and self.eos_id is not None and r.phase == MESSAGE:
                 allowed[i, self.eos_id] = False
-        if not bool(allowed.any(dim=1).all()):
+        if any(r.phase == SPEAKER and len(set(r.forbidden)) >= len(self._speaker_set) for r in rows):
             raise EngineError("every speaker is forbidden")
-        penalty = torch.tensor([r.params.repetition_penalty if r.phase == MESSAGE else 1.0 for r in rows], device=device)
-        if bool((penalty != 1.0).any()):
+        penalties = [r.params.repetition_penalty if r.phase == MESSAGE else 1.0 for r in rows]
+        penalty = torch.tensor(penalties, device=device)
+        if any(p != 1.0 for p in penalties):
             seen = torch.stack([r.seen if r.seen is not None else self._nothing_seen for r in rows])
             p = penalty[:, None]
             logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
@@ -533,7 +551,7 @@ class GenerationEngine:
         scaled = logits / temperature.clamp(min=1e-5)[:, None]
         top_p = torch.tensor([r.params.top_p for r in rows], device=device)
         top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else self.vocab for r in rows], device=device)
-        if bool((top_p < 1.0).any() or (top_k < self.vocab).any()):
+        if any(r.params.top_p < 1.0 or r.params.top_k > 0 for r in rows):
             ordered, order = scaled.sort(dim=-1, descending=True)
             probs = ordered.softmax(dim=-1)
             drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keep the smallest set reaching top_p
@@ -683,8 +701,8 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
 
 
 def engine_from_checkpoint(model_dir: str | Path, *, device: str = "auto", tokenizer_model: str | None = None, max_prompt_tokens: int = 768,
-                           max_batch_size: int = 32, static_cache: bool = False, compile: bool = False) -> GenerationEngine:
+                           max_batch_size: int = 32, static_cache: bool = False, compile: bool = False, max_cache_len: int = 2048) -> GenerationEngine:
     dev = resolve_device(device)
     model, tokenizer, speaker_map = load_for_inference(model_dir, device=dev, tokenizer_model=tokenizer_model)
     return GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size,
-                            device=dev, static_cache=static_cache, compile=compile)
+                            device=dev, static_cache=static_cache, compile=compile and dev.type == "cuda", max_cache_len=max_cache_len)

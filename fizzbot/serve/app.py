@@ -171,6 +171,9 @@ class FizzbotServer:
             tokenizer_model=g.tokenizer_model,
             max_prompt_tokens=self.limits.max_prompt_tokens,
             max_batch_size=self.limits.max_concurrent_requests,
+            static_cache=g.compile,
+            compile=g.compile,
+            max_cache_len=g.max_cache_len,
         )
         self.engine.start()
         self.in_flight = 0
