@@ -132,8 +132,72 @@ def gumbel_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
 # --- KV-cache backends ----------------------------------------------------------------------------------
 
 
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer that appends into spare capacity instead of concatenating.
+
+        transformers' DynamicLayer `torch.cat`s the whole cache to append one token; with a batch of
+        rows that copy is a quarter of a CPU decode step. Here the cache lives in a buffer with room
+        to grow, `keys`/`values` are views of its live span, and dropping leading columns is a view.
+        """
+
+        def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            spare = max(64, keys.shape[-2])  # double on every reallocation: amortised O(1) appends
+            shape = list(keys.shape)
+            shape[-2] += spare
+            self._k, self._v = keys.new_empty(shape), values.new_empty(shape[:-1] + [values.shape[-1]])
+            n = keys.shape[-2]
+            self._k[:, :, :n], self._v[:, :, :n] = keys, values
+            self.start, self.end = 0, n
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+            self._view()
+
+        def _view(self) -> None:
+            self.keys = self._k[:, :, self.start:self.end]
+            self.values = self._v[:, :, self.start:self.end]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.load(key_states, value_states)
+                return self.keys, self.values
+            n = key_states.shape[-2]
+            if self.end + n > self._k.shape[-2]:
+                self.load(self.keys, self.values)
+            self._k[:, :, self.end:self.end + n] = key_states
+            self._v[:, :, self.end:self.end + n] = value_states
+            self.end += n
+            self._view()
+            return self.keys, self.values
+
+        def drop_left(self, n: int) -> None:
+            self.start += n
+            self._view()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.load(self.keys[indices], self.values[indices])
+
+    return GrowingLayer
+
+
+def _growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+    """A DynamicCache whose layers append in place (optionally filled with `layers`' tensors)."""
+    from transformers import DynamicCache
+
+    layer_class = _growing_layer_class()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = layer_class
+    cache.layers = []
+    for keys, values in layers or []:
+        layer = layer_class()
+        layer.load(keys, values)
+        cache.layers.append(layer)
+    return cache
+
+
 class DynamicBackend:
-    """Per-row KV caches of exactly the length needed: rows join by left-padding, leave by index."""
+    """Per-row KV caches as long as the longest live row: rows join by left-padding, leave by index."""
 
     def __init__(self, engine: "GenerationEngine"):
         self.engine = engine
@@ -147,14 +211,17 @@ class DynamicBackend:
     def add(self, prompts: list[list[int]]) -> torch.Tensor:
         e = self.engine
         ids, mask, positions = e.left_pad(prompts)
-        out = e.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out = e.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=_growing_cache(),
+                      use_cache=True, logits_to_keep=1)
         self._merge(out.past_key_values, mask, positions[:, -1] + 1)
         return out.logits[:, -1, :]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        # One query token per row: its 4D mask is the 2D one, broadcast. Given in that form,
+        # transformers uses it as is instead of building it anew (a noticeable share of a CPU step).
         out = self.engine.model(
-            input_ids=tokens.view(-1, 1), attention_mask=mask, position_ids=self.positions.view(-1, 1),
+            input_ids=tokens.view(-1, 1), attention_mask=mask[:, None, None, :].bool(), position_ids=self.positions.view(-1, 1),
             past_key_values=self.cache, use_cache=True,
         )
         self.cache, self.mask, self.positions = out.past_key_values, mask, self.positions + 1
@@ -171,23 +238,20 @@ class DynamicBackend:
         live = self.mask.any(dim=0).nonzero()
         first = int(live[0]) if len(live) else 0
         if first > 0:
-            from transformers import DynamicCache
-
-            self.cache = DynamicCache(ddp_cache_data=[(k[:, :, first:], v[:, :, first:]) for k, v, *_ in self.cache])
+            for layer in self.cache.layers:
+                layer.drop_left(first)
             self.mask = self.mask[:, first:]
 
     def _merge(self, cache, mask: torch.Tensor, next_positions: torch.Tensor) -> None:
-        from transformers import DynamicCache
-
         if self.cache is None:
             self.cache, self.mask, self.positions = cache, mask, next_positions
             return
         width = max(self.mask.shape[1], mask.shape[1])
         layers = []
-        for (k_old, v_old, *_), (k_new, v_new, *_) in zip(self.cache, cache):
-            layers.append((torch.cat([_left_pad(k_old, width, 2), _left_pad(k_new, width, 2)]),
-                           torch.cat([_left_pad(v_old, width, 2), _left_pad(v_new, width, 2)])))
-        self.cache = DynamicCache(ddp_cache_data=layers)
+        for old, new in zip(self.cache.layers, cache.layers):
+            layers.append((torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)]),
+                           torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])))
+        self.cache = _growing_cache(layers)
         self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
         self.positions = torch.cat([self.positions, next_positions])
 
@@ -552,11 +616,7 @@ class GenerationEngine:
         top_p = torch.tensor([r.params.top_p for r in rows], device=device)
         top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else self.vocab for r in rows], device=device)
         if any(r.params.top_p < 1.0 or r.params.top_k > 0 for r in rows):
-            ordered, order = scaled.sort(dim=-1, descending=True)
-            probs = ordered.softmax(dim=-1)
-            drop = (probs.cumsum(dim=-1) - probs) > top_p[:, None]  # keep the smallest set reaching top_p
-            drop |= torch.arange(self.vocab, device=device)[None, :] >= top_k[:, None]
-            scaled = torch.empty_like(scaled).scatter_(1, order, ordered.masked_fill(drop, float("-inf")))
+            scaled = self._nucleus(scaled, top_p, top_k, rows)
         keys = torch.tensor([_mix32(r.key ^ _mix32(r.draws)) for r in rows], dtype=torch.int64, device=device)
         drawn = (scaled + gumbel_noise(keys, self.vocab)).argmax(dim=-1)
         choice = torch.where(temperature > 0, drawn, greedy).tolist()
@@ -567,6 +627,29 @@ class GenerationEngine:
             elif r.phase == SPEAKER and r.force_speaker_id is not None and r.turns_done == 0:
                 choice[i] = r.force_speaker_id
         return choice
+
+    NUCLEUS_CANDIDATES = 256
+
+    def _nucleus(self, scaled: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """Top-k and top-p filtering: everything outside the smallest set reaching top_p goes to -inf.
+
+        The candidates are the top 256 tokens (a partial sort) when they hold every row's nucleus,
+        which a trained model's distribution nearly always does; otherwise the full vocabulary is
+        sorted. Both give the same set.
+        """
+        k = min(self.NUCLEUS_CANDIDATES, self.vocab)
+        ordered, order = scaled.topk(k, dim=-1)
+        probs = (ordered - scaled.logsumexp(dim=-1, keepdim=True)).exp()
+        cumulative = probs.cumsum(dim=-1)
+        in_candidates = all(0 < r.params.top_k <= k for r in rows if r.params.top_p >= 1.0)
+        if not in_candidates or not bool(((cumulative[:, -1] >= top_p) | (top_k <= k)).all()):
+            ordered, order = scaled.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            cumulative = probs.cumsum(dim=-1)
+        drop = (cumulative - probs) > top_p[:, None]  # keep the smallest set reaching top_p
+        drop |= torch.arange(ordered.shape[1], device=scaled.device)[None, :] >= top_k[:, None]
+        filtered = torch.full_like(scaled, float("-inf"))
+        return filtered.scatter_(1, order, ordered.masked_fill(drop, float("-inf")))
 
     def _record(self, row: _Row, token: int) -> None:
         p = row.params
