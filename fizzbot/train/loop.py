@@ -112,6 +112,10 @@ class RaySession(Session):
     def rows(self, name: str) -> TokenizedRows:
         import ray.train
 
+        from ray.data import DataContext
+
+        # The rows are read once at start-up; a progress bar per worker per dataset is only noise.
+        DataContext.get_current().enable_progress_bars = False
         shard = ray.train.get_dataset_shard(name)
         parts = [batch["rows"] for batch in shard.iter_batches(batch_size=64, batch_format="numpy")]
         from fizzbot.train.tokenize import unpack_rows
