@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fizzbot.config import ConfigError, FizzbotConfig, load_config
+from fizzbot.config import ConfigError, FizzbotConfig, list_override, load_config
 from fizzbot.data.messages import InputError
 
 OVERRIDES_HELP = "config overrides as key.sub=value (for example training.max_steps=50)"
@@ -43,7 +43,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     extra = []
     if args.input:
-        extra.append("data.inputs=" + _yaml_list(args.input))
+        extra.append(list_override("data.inputs", [str(Path(p)) for p in args.input]))
     if args.output:
         extra.append(f"data.output={args.output}")
     if args.format:
@@ -59,12 +59,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"  {summary.output}/train.jsonl, val.jsonl, speaker_map.json, stats.json, report.png"
     )
     return 0
-
-
-def _yaml_list(items: list[str]) -> str:
-    import json
-
-    return json.dumps([str(Path(p)) for p in items])
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -225,22 +219,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     import time as _time
 
-    import requests
     from ray import serve
 
+    from fizzbot.pipeline import wait_healthy
     from fizzbot.serve.app import resolve_model_dir, run_server
 
     model_dir = resolve_model_dir(cfg)
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": model_dir})})
     url = run_server(cfg)
-    deadline = _time.monotonic() + 120
-    while _time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        _time.sleep(0.5)
+    wait_healthy(url)
     print(f"fizzbot serving {model_dir}\n  {url}/v1/generate  (OpenAI-compatible: {url}/v1)", flush=True)
     if not cfg.serve.blocking:
         return 0

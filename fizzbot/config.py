@@ -271,6 +271,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def list_override(key: str, values: list[str]) -> str:
+    """A `key=[...]` override for a list of strings (JSON is valid YAML, and quotes odd paths)."""
+    import json
+
+    return f"{key}={json.dumps(list(values))}"
+
+
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fizzbot.config import FizzbotConfig, replace
+from fizzbot.config import FizzbotConfig, list_override, replace
 
 
 def stage(title: str) -> None:
@@ -109,7 +109,7 @@ def run_demo(cfg: FizzbotConfig, corpus_dir: Path) -> int:
     stage(f"demo corpus -> {corpus_dir}")
     corpus = write_demo_corpus(corpus_dir, seed=cfg.data.seed)
     print(f"{corpus['total_messages']:,} messages in {len(corpus['files'])} channels", file=sys.stderr)
-    cfg = replace(cfg, "data.inputs=" + _json_list([str(corpus_dir)]))
+    cfg = replace(cfg, list_override("data.inputs", [str(corpus_dir)]))
     try:
         result = run_pipeline(cfg, deploy=True, question=None)
         who, content = demo_question(result.prepared / "speaker_map.json")
@@ -137,9 +137,3 @@ def run_demo(cfg: FizzbotConfig, corpus_dir: Path) -> int:
         f"  .venv/bin/tensorboard --logdir {result.run_dir}/tensorboard"
     )
     return 0
-
-
-def _json_list(items: list[str]) -> str:
-    import json
-
-    return json.dumps(items)

@@ -8,6 +8,7 @@ crash or a kill leaves only the hidden partial folder, which nothing reads and t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -82,3 +83,20 @@ def atomic_directory(target: str | Path, *, replace: bool = True) -> Iterator[Pa
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+def iter_jsonl(path: str | Path):
+    """(line number, parsed object) for each non-empty line; bad JSON raises InputError naming the line."""
+    from fizzbot.data.messages import InputError
+
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"malformed JSON: {exc}", path=str(path), line=number) from None
+            if not isinstance(row, dict):
+                raise InputError("expected a JSON object", path=str(path), line=number)
+            yield number, row

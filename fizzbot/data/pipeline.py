@@ -118,19 +118,14 @@ def _concatenate(parts: list[str], target: Path) -> None:
 
 def _read_val_jsonl(path: str) -> list[str]:
     """Validate an external validation file: every line a {context, target} object."""
+    from fizzbot.data.io import iter_jsonl
+
     lines = []
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(f"malformed JSON: {exc}", path=path, line=number) from None
-            for key in ("context", "target"):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    raise InputError("missing or not a string", path=path, line=number, field=key)
-            lines.append(json.dumps(row, ensure_ascii=False))
+    for number, row in iter_jsonl(path):
+        for key in ("context", "target"):
+            if not isinstance(row.get(key), str):
+                raise InputError("missing or not a string", path=path, line=number, field=key)
+        lines.append(json.dumps(row, ensure_ascii=False))
     if not lines:
         raise InputError("no rows", path=path)
     return lines

@@ -10,7 +10,6 @@ no copies. Prefill (several query tokens) keeps transformers' own implementation
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 NAME = "fizzbot_decode_sdpa"

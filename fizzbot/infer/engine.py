@@ -591,7 +591,6 @@ class GenerationEngine:
         then repetition penalty, temperature, top-k and top-p per row; then a Gumbel-max draw whose
         noise comes from each row's seed and draw count only. Forced tokens replace the draw.
         """
-        n = len(rows)
         device = logits.device
         logits = logits.float()
         at_speaker = torch.tensor([r.phase == SPEAKER for r in rows], device=device)

@@ -12,7 +12,6 @@ the data position is one number (global batches consumed this epoch), valid for 
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,26 +120,18 @@ class RowTokenizer:
 
 def read_rows(path: str | Path) -> tuple[list[str], list[str]]:
     """Contexts and targets of a JSONL file, refusing rows without a target (file and line named)."""
+    from fizzbot.data.io import iter_jsonl
+
     contexts, targets = [], []
-    path = Path(path)
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(f"malformed JSON: {exc}", path=str(path), line=number) from None
-            if not isinstance(row, dict):
-                raise InputError("expected a JSON object", path=str(path), line=number)
-            target = row.get("target")
-            if not isinstance(target, str) or not target.strip():
-                raise InputError("row has no target", path=str(path), line=number, field="target")
-            context = row.get("context", "")
-            if not isinstance(context, str):
-                raise InputError("expected a string", path=str(path), line=number, field="context")
-            contexts.append(context)
-            targets.append(target)
+    for number, row in iter_jsonl(path):
+        target = row.get("target")
+        if not isinstance(target, str) or not target.strip():
+            raise InputError("row has no target", path=str(path), line=number, field="target")
+        context = row.get("context", "")
+        if not isinstance(context, str):
+            raise InputError("expected a string", path=str(path), line=number, field="context")
+        contexts.append(context)
+        targets.append(target)
     return contexts, targets
 
 

@@ -87,21 +87,16 @@ def _split_single_file(path: Path, val_split: float, out: Path) -> tuple[Path, P
     if val_split <= 0:
         raise InputError("a single JSONL needs data.val_split > 0 or data.val_jsonl", path=str(path))
     out.mkdir(parents=True, exist_ok=True)
+    from fizzbot.data.io import iter_jsonl
+
     train_lines, val_lines = [], []
     threshold = int(val_split * 2**32)
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(f"malformed JSON: {exc}", path=str(path), line=number) from None
-            if not isinstance(row, dict) or not isinstance(row.get("target"), str):
-                raise InputError("row has no target", path=str(path), line=number, field="target")
-            key = (row.get("channel", ""), row.get("ts", ""), row["target"])
-            digest = int.from_bytes(hashlib.blake2b(json.dumps(key).encode(), digest_size=4).digest(), "big")
-            (val_lines if digest < threshold else train_lines).append(raw.rstrip(b"\n"))
+    for number, row in iter_jsonl(path):
+        if not isinstance(row.get("target"), str):
+            raise InputError("row has no target", path=str(path), line=number, field="target")
+        key = (row.get("channel", ""), row.get("ts", ""), row["target"])
+        digest = int.from_bytes(hashlib.blake2b(json.dumps(key).encode(), digest_size=4).digest(), "big")
+        (val_lines if digest < threshold else train_lines).append(json.dumps(row, ensure_ascii=False).encode())
     train_path, val_path = out / "train.jsonl", out / "val.jsonl"
     train_path.write_bytes(b"\n".join(train_lines) + b"\n")
     val_path.write_bytes(b"\n".join(val_lines) + b"\n" if val_lines else b"")
