@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from fizzbot.config import ConfigError, FizzbotConfig, list_override, load_config
 from fizzbot.data.messages import InputError
 
+_OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w.]*=")
 OVERRIDES_HELP = "config overrides as key.sub=value (for example training.max_steps=50)"
 
 
@@ -355,7 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come anywhere, also after options (argparse alone takes them only in
+    # one run): whatever argparse leaves over must be an override.
+    args, extra = parser.parse_known_args(argv)
+    strays = [a for a in extra if not _OVERRIDE_RE.match(a)]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except (ConfigError, InputError, FileNotFoundError, KeyError, ValueError) as exc:
