@@ -511,7 +511,10 @@ def run_training(cfg: FizzbotConfig, job: JobSpec, session: Session) -> TrainSta
     t = cfg.training
     device = session.device(t.use_gpu)
     if device.type == "cpu":
-        threads = t.threads_per_worker or max(1, (os.cpu_count() or 1) // t.num_workers)
+        # The cores this process may use (a container's CPU set, not the host's), shared by the
+        # workers: oversubscribed OpenMP threads wait on each other and run many times slower.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = t.threads_per_worker or max(1, cores // t.num_workers)
         torch.set_num_threads(threads)
     set_seed(t.seed + session.rank)
     workdir = Path(tempfile.mkdtemp(prefix="fizzbot-worker-"))
