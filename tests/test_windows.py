@@ -243,13 +243,12 @@ def _run_stages(inputs: Path, work: Path, shard_messages: int, ws: WindowSetting
     for result in results:
         counts.update(result.author_counts)
     smap = build_speaker_map(counts, {}, 4)
-    tokens = {s.author_id: s.token for s in smap.speakers}
     val_from = plan_split(results, val_split, "time", ws.seed, False)
     train, val, shards = [], [], 0
     for result in results:
         for shard in result.shards:
             shards += 1
-            out = window_stage(shard, tokens, smap.other_token, {s: val_from[s] for s in shard.segments}, prep, work)
+            out = window_stage(shard, smap, {s: val_from[s] for s in shard.segments}, prep, work)
             train.append(Path(out.train_path).read_text(encoding="utf-8"))
             val.append(Path(out.val_path).read_text(encoding="utf-8"))
     return "".join(train), "".join(val), shards, smap, val_from, units

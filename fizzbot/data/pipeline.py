@@ -190,7 +190,6 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         val_from = plan_split(segment_results, data.val_split, data.val_split_by, data.seed, data.val_jsonl is not None)
 
         # Stage 3: window every shard into examples.
-        tokens = {s.author_id: s.token for s in speaker_map.speakers}
         shards = [shard for result in segment_results for shard in result.shards]
         tasks = [(shard, {sid: val_from[sid] for sid in shard.segments}) for shard in shards]
         window_results = run_stage(
@@ -198,8 +197,7 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             _window_task,
             tasks,
             use_ray=use_ray,
-            tokens=tokens,
-            other_token=speaker_map.other_token,
+            speaker_map=speaker_map,
             settings=settings,
             work=work,
         )

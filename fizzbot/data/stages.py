@@ -24,6 +24,7 @@ from pathlib import Path
 from fizzbot.data.clean import DROP_REASONS, FloodFilter, drop_reason, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
 from fizzbot.data.messages import InputError, Message, ReadOptions
+from fizzbot.data.speakers import SpeakerMap
 from fizzbot.data.windows import WindowSettings, segment_id, split_segments, window_segment_jsonl
 
 # Message length histogram: fixed bins (characters) so that per-shard histograms add up.
@@ -360,13 +361,12 @@ class WindowResult:
 
 def window_stage(
     shard: ShardInfo,
-    tokens: dict[str, str],
-    other_token: str | None,
+    speaker_map: SpeakerMap,
     val_from: dict[str, int],
     settings: PrepareSettings,
     work: Path,
 ) -> WindowResult:
-    """Examples of one shard as JSONL text; `tokens` maps author id -> speaker token."""
+    """Examples of one shard as JSONL text."""
     segments = [[_from_tuple(t) for t in seg] for seg in _load(shard.path)]
     stem = Path(shard.path).stem
     train_path = work / "parts" / f"{stem}.train.jsonl"
@@ -375,7 +375,7 @@ def window_stage(
     val_counts: Counter = Counter()
     with open(train_path, "w", encoding="utf-8") as train_fh, open(val_path, "w", encoding="utf-8") as val_fh:
         for segment, sid in zip(segments, shard.segments):
-            speaker = [tokens.get(m.author_id, other_token) for m in segment]
+            speaker = [speaker_map.token_for_author(m.author_id) for m in segment]
             train_lines, val_lines = [], []
             for is_val, line in window_segment_jsonl(segment, speaker, settings.window, val_from[sid]):
                 (val_lines if is_val else train_lines).append(line)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fizzbot.data.messages import EOT, SPEAKER_TOKEN_RE, defuse_special_tokens
+from fizzbot.data.messages import EOT, defuse_special_tokens
 from fizzbot.data.speakers import SpeakerMap
 from fizzbot.data.windows import render
 
@@ -60,6 +60,3 @@ def encode_messages(messages: list[dict], speaker_map: SpeakerMap) -> str:
         lines.append(render(token, defuse_special_tokens(content.strip())) + "\n")
     return "".join(lines)
 
-
-def is_speaker_token(token: str) -> bool:
-    return bool(SPEAKER_TOKEN_RE.fullmatch(token))

@@ -476,8 +476,6 @@ class GenerationEngine:
         self._wakeup.set()
         return request
 
-    def pending(self) -> int:
-        return self._queue.qsize() + len(self._rows)
 
     def generate(self, requests: list[Request]) -> list[Result]:
         """Run requests to completion (in this thread unless the background loop is running)."""

@@ -507,6 +507,11 @@ class DeepSpeedStepper(TorchStepper):
 # --- the loop ----------------------------------------------------------------------------------------
 
 
+def _log_window() -> dict:
+    """Sums over the steps since the last log line (this worker's; all-reduced when logged)."""
+    return {"loss": 0.0, "real": 0, "padded": 0, "targets": 0, "time": time.perf_counter(), "steps": 0}
+
+
 def run_training(cfg: FizzbotConfig, job: JobSpec, session: Session) -> TrainState:
     t = cfg.training
     device = session.device(t.use_gpu)
@@ -569,7 +574,7 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
         print(f"[train] rank 0: {trainable:,} of {total:,} parameters trainable; resuming at step {resumed_from}", file=sys.stderr, flush=True)
 
     progress = session.progress(t.max_steps, state.step)
-    window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "targets": 0, "time": time.perf_counter(), "steps": 0}
+    window = _log_window()
     last_eval: EvalResult | None = None
     last_eval_step = -1
     while state.step < t.max_steps:
@@ -619,7 +624,7 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
                     f"{values['tokens_per_s']:,.0f} tok/s padding {values['padding_share']:.0%} ETA {remaining:,.0f}s",
                     file=sys.stderr, flush=True,
                 )
-            window = {"loss": 0.0, "tokens": 0, "real": 0, "padded": 0, "targets": 0, "time": time.perf_counter(), "steps": 0}
+            window = _log_window()
 
         saving = state.step % t.save_steps == 0 or state.step == t.max_steps
         if state.step % t.eval_steps == 0 or saving:
