@@ -69,9 +69,10 @@ class DecodeBody(_Body):
     text: str
 
 
-class CompletionBody(_Body):
+class _OpenAIBody(_Body):
+    """The sampling fields the OpenAI completions and chat routes share."""
+
     model: str | None = None
-    prompt: str | list[str]
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -79,8 +80,16 @@ class CompletionBody(_Body):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
-    turns: int = Field(1, ge=1)
     repetition_penalty: float | None = Field(None, gt=0.0, le=5.0)
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionBody(_OpenAIBody):
+    prompt: str | list[str]
+    turns: int = Field(1, ge=1)
 
 
 class ChatMessage(_Body):
@@ -89,19 +98,10 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
-class ChatBody(_Body):
-    model: str | None = None
+class ChatBody(_OpenAIBody):
     messages: list[ChatMessage]
-    max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
     speaker: str | None = Field(None, description="fizzbot extension: force who answers.")
-    repetition_penalty: float | None = Field(None, gt=0.0, le=5.0)
 
 
 # --- the application ---------------------------------------------------------------------------------
@@ -365,14 +365,13 @@ class FizzbotServer:
             raise APIError(400, "stream=true takes one prompt and n=1", param="stream")
         for p in prompts:
             self._check_prompt_length(p)
-        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
 
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=body.turns, seed=seed, stop=stops)
+                                  repetition_penalty=body.repetition_penalty, turns=body.turns, seed=seed, stop=body.stops)
 
         if body.stream:
             params = params_for(0)
@@ -413,7 +412,6 @@ class FizzbotServer:
                 raise APIError(400, f"messages[{i}] has no name: give the speaker's username as `name`", param=f"messages.{i}.name")
             context.append({"username": m.name, "content": m.content or ""})
         prompt = self._prompt_from_messages(context)
-        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         max_tokens = body.max_completion_tokens or body.max_tokens
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
@@ -422,7 +420,7 @@ class FizzbotServer:
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, speaker=body.speaker, stop=stops)
+                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, speaker=body.speaker, stop=body.stops)
 
         def message_of(text: str) -> tuple[str | None, str]:
             parts = split_messages(text)
