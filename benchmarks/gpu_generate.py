@@ -35,7 +35,7 @@ def build(folder: Path):
     from gpu_train import save_model
     from transformers import AutoModelForCausalLM
 
-    from fizzbot.data.speakers import SpeakerMap
+    from fizzbot.chat.speakers import SpeakerMap
     from fizzbot.model.tokenizer import add_chat_tokens, train_tiny_tokenizer
 
     save_model(folder)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from fizzbot.config import ConfigError, FizzbotConfig, list_override, load_config
-from fizzbot.data.messages import InputError
+from fizzbot.errors import InputError
 
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w.]*=")
 OVERRIDES_HELP = "config overrides as key.sub=value (for example training.max_steps=50)"
@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _model_dir(args: argparse.Namespace, cfg: FizzbotConfig) -> Path:
     if getattr(args, "model_dir", None):
         return Path(args.model_dir)
-    from fizzbot.train.checkpoint import find_latest
+    from fizzbot.artifacts.checkpoint import find_latest
 
     return find_latest(cfg.run.dir)
 
@@ -122,7 +122,7 @@ def _read_context(path: str) -> list[dict] | str:
 def cmd_generate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     g = cfg.generate
-    from fizzbot.infer.decode import decode, encode_messages, format_lines
+    from fizzbot.chat.conversation import decode, encode_messages, format_lines
     from fizzbot.infer.engine import Request, SamplingParams, engine_from_checkpoint
 
     model_dir = _model_dir(args, cfg)
@@ -198,8 +198,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from fizzbot.data.speakers import SpeakerMap
-    from fizzbot.infer.decode import decode, format_lines
+    from fizzbot.chat.speakers import SpeakerMap
+    from fizzbot.chat.conversation import decode, format_lines
 
     if args.speaker_map:
         smap = SpeakerMap.load(args.speaker_map)

@@ -92,7 +92,7 @@ def run_pipeline(cfg: FizzbotConfig, *, deploy: bool = True, question: tuple[str
 
 def demo_question(speaker_map_path: Path) -> tuple[str, str]:
     """A question in the demo's #dev channel, from its most question-asking persona when present."""
-    from fizzbot.data.speakers import SpeakerMap
+    from fizzbot.chat.speakers import SpeakerMap
 
     names = [s.username for s in SpeakerMap.load(speaker_map_path).speakers]
     who = "byteberry" if "byteberry" in names else names[0]

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fizzbot.cli import main as cli
-from fizzbot.data.speakers import SpeakerMap
-from fizzbot.infer.decode import decode, encode_messages, format_lines, split_messages
+from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.chat.conversation import decode, encode_messages, format_lines
+from fizzbot.chat.render import split_messages
 from fizzbot.infer.engine import Request, SamplingParams, engine_from_checkpoint
 
 MESSAGE_RE = re.compile(r"^<S\d+>.*<EOT>$", re.S)

@@ -51,6 +51,9 @@ class RayHead:
             f"--ray-client-server-port={self.client}", f"--runtime-env-agent-port={self.runtime_env}",
             f"--node-manager-port={self.node_manager}", f"--object-manager-port={self.object_manager}",
         ]
+        # With RAY_AUTH_MODE=token the head refuses to start without a token: make one if this
+        # machine has none yet (`ray get-auth-token --generate` keeps an existing one).
+        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60, env=self.env())
         subprocess.run(command, check=True, capture_output=True, timeout=120, env=self.env())
 
     def env(self) -> dict:

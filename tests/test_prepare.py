@@ -18,9 +18,9 @@ import pytest
 from fizzbot.cli import main
 from fizzbot.config import DataConfig
 from fizzbot.data import pipeline
-from fizzbot.data.messages import InputError
+from fizzbot.errors import InputError
 from fizzbot.data.pipeline import prepare
-from fizzbot.data.speakers import SpeakerMap
+from fizzbot.chat.speakers import SpeakerMap
 
 OUTPUT_FILES = {"train.jsonl", "val.jsonl", "speaker_map.json", "stats.json", "report.png"}
 T0 = 1_700_000_000  # epoch seconds

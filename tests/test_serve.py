@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from fizzbot.config import load_config
-from fizzbot.data.speakers import SpeakerMap
+from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.pipeline import wait_healthy
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from fizzbot.data.speakers import OTHERS_NAME, SpeakerMap, build_speaker_map
+from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap, build_speaker_map
 
 
 def names(**counts: int) -> tuple[Counter, dict[str, str]]:

@@ -24,11 +24,11 @@ import torch
 
 from fizzbot.config import ConfigError, DataConfig, FizzbotConfig, load_config
 from fizzbot.data.demo import PERSONAS, write_demo_corpus
-from fizzbot.data.messages import InputError
+from fizzbot.errors import InputError
 from fizzbot.data.pipeline import prepare
-from fizzbot.data.speakers import SpeakerMap
+from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.model.tokenizer import TokenizerError, check_chat_tokens, train_tiny_tokenizer
-from fizzbot.train import checkpoint as ckpt
+from fizzbot.artifacts import checkpoint as ckpt
 from fizzbot.train import loop
 from fizzbot.train.data import IGNORE_INDEX, RowTokenizer, collate, read_rows
 from fizzbot.train.trainer import TrainResult, _tokenizer_texts, build_tokenizer, resolve_data, train

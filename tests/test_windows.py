@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fizzbot.data.formats import expand_inputs, read_unit
-from fizzbot.data.messages import EOT, SPEAKER_TOKEN_RE, Message, ReadOptions, clean_content
-from fizzbot.data.speakers import build_speaker_map
+from fizzbot.chat.tokens import EOT, SPEAKER_TOKEN_RE
+from fizzbot.data.messages import Message, ReadOptions, clean_content
+from fizzbot.chat.speakers import build_speaker_map
 from fizzbot.data.stages import (
     PrepareSettings,
     plan_clusters,
@@ -28,7 +29,8 @@ from fizzbot.data.stages import (
     segment_stage,
     window_stage,
 )
-from fizzbot.data.windows import WindowSettings, render, segment_id, split_segments, window_segment
+from fizzbot.chat.render import render
+from fizzbot.data.windows import WindowSettings, segment_id, split_segments, window_segment
 
 GAP = 3600.0
 BASE_TS = 1_600_000_000.0

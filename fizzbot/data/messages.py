@@ -1,16 +1,13 @@
-"""The row every reader produces, the error every reader raises, and the helpers they share."""
+"""The row every reader produces, and the helpers readers share (timestamps, content normalisation)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-SPEAKER_TOKEN_RE = re.compile(r"<S(\d+)>")
-EOT = "<EOT>"
-# Text that a user typed and that looks like one of our special tokens must not become one.
-_SPECIAL_LOOKALIKE_RE = re.compile(r"<(S\d+|EOT)>")
+from fizzbot.chat.tokens import defuse_special_tokens
+from fizzbot.errors import InputError  # noqa: F401  (readers raise it from here)
 
 
 @dataclass(slots=True)
@@ -30,31 +27,6 @@ class Message:
 
     def sort_key(self) -> tuple[float, int]:
         return (self.ts, self.order)
-
-
-class InputError(ValueError):
-    """Bad input, located: `path:line: field: what is wrong`."""
-
-    def __init__(self, message: str, *, path: str, line: int | None = None, field: str | None = None):
-        self.path = str(path)
-        self.line = line
-        self.field = field
-        self.reason = message
-        where = self.path + (f":{line}" if line is not None else "")
-        what = f"{field}: {message}" if field else message
-        super().__init__(f"{where}: {what}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "line": self.line, "field": self.field, "error": self.reason}
-
-    def __reduce__(self):
-        # Exceptions pickle as cls(*args); `path` is keyword-only, so say how to rebuild this one
-        # (a Ray worker's InputError must arrive in the driver as itself).
-        return _rebuild_input_error, (type(self), self.reason, self.path, self.line, self.field)
-
-
-def _rebuild_input_error(cls: type, message: str, path: str, line: int | None, field: str | None) -> InputError:
-    return cls(message, path=path, line=line, field=field)
 
 
 @dataclass
@@ -99,13 +71,6 @@ def parse_timestamp(value: Any, *, path: str, line: int | None, field: str = "ti
     if abs(number) > 1e11:
         number /= 1000.0
     return number
-
-
-def defuse_special_tokens(text: str) -> str:
-    """A user who types "<S3>" or "<EOT>" must not produce a speaker change: "< S3>" reads the same."""
-    if "<" not in text:
-        return text
-    return _SPECIAL_LOOKALIKE_RE.sub(lambda m: f"< {m.group(1)}>", text)
 
 
 def clean_content(text: str, max_chars: int) -> str:

@@ -23,9 +23,10 @@ from typing import Any, Callable
 
 from fizzbot.config import DataConfig
 from fizzbot.data.formats import SourceUnit, expand_inputs
-from fizzbot.data.io import atomic_directory, atomic_write_text
-from fizzbot.data.messages import InputError
-from fizzbot.data.speakers import SpeakerMap, build_speaker_map
+from fizzbot.artifacts import prepared
+from fizzbot.artifacts.io import atomic_directory, atomic_write_text
+from fizzbot.errors import InputError
+from fizzbot.chat.speakers import SpeakerMap, build_speaker_map
 from fizzbot.data.stages import (
     LENGTH_BINS,
     ChannelStats,
@@ -118,7 +119,7 @@ def _concatenate(parts: list[str], target: Path) -> None:
 
 def _read_val_jsonl(path: str) -> list[str]:
     """Validate an external validation file: every line a {context, target} object."""
-    from fizzbot.data.io import iter_jsonl
+    from fizzbot.artifacts.io import iter_jsonl
 
     lines = []
     for number, row in iter_jsonl(path):
@@ -207,16 +208,16 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             for channel, n in result.val_by_channel.items():
                 stats[channel].val_examples += n
 
-        _concatenate([r.train_path for r in window_results], staging / "train.jsonl")
+        _concatenate([r.train_path for r in window_results], staging / prepared.TRAIN_FILE)
         if data.val_jsonl:
-            atomic_write_text(staging / "val.jsonl", "\n".join(_read_val_jsonl(data.val_jsonl)) + "\n")
+            atomic_write_text(staging / prepared.VAL_FILE, "\n".join(_read_val_jsonl(data.val_jsonl)) + "\n")
         else:
-            _concatenate([r.val_path for r in window_results], staging / "val.jsonl")
+            _concatenate([r.val_path for r in window_results], staging / prepared.VAL_FILE)
         shutil.rmtree(work)
-        speaker_map.save(staging / "speaker_map.json")
+        speaker_map.save(staging / prepared.SPEAKER_MAP)
 
         n_train = sum(s.train_examples for s in stats.values())
-        n_val = sum(s.val_examples for s in stats.values()) if not data.val_jsonl else _count_lines(staging / "val.jsonl")
+        n_val = sum(s.val_examples for s in stats.values()) if not data.val_jsonl else _count_lines(staging / prepared.VAL_FILE)
         if n_train == 0:
             raise InputError(
                 "no training examples: every conversation is shorter than data.min_context_messages + 1",
@@ -224,11 +225,11 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             )
         stats_doc = _stats_document(data, units, formats, stats, speaker_map, counts, lengths, errors, error_count, n_train, n_val)
         stats_doc["seconds"] = round(time.perf_counter() - started, 2)
-        atomic_write_text(staging / "stats.json", json.dumps(stats_doc, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(staging / prepared.STATS_FILE, json.dumps(stats_doc, indent=2, ensure_ascii=False) + "\n")
         if report:
             from fizzbot.data.report import draw_report
 
-            draw_report(stats_doc, speaker_map, staging / "report.png")
+            draw_report(stats_doc, speaker_map, staging / prepared.REPORT_FILE)
     seconds = time.perf_counter() - started
     total_read = sum(s.read for s in stats.values())
     total_kept = sum(s.kept for s in stats.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fizzbot.data.speakers import SpeakerMap
+from fizzbot.chat.speakers import SpeakerMap
 
 
 def draw_report(stats: dict, speaker_map: SpeakerMap, path: Path, top: int = 25) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from fizzbot.data.clean import DROP_REASONS, FloodFilter, drop_reason, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
 from fizzbot.data.messages import InputError, Message, ReadOptions
-from fizzbot.data.speakers import SpeakerMap
+from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.data.windows import WindowSettings, segment_id, split_segments, window_segment_jsonl
 
 # Message length histogram: fixed bins (characters) so that per-shard histograms add up.

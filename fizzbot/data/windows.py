@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Iterator
 
-from fizzbot.data.messages import EOT, Message
+from fizzbot.chat.render import clip_line, context_start, line_prefix, render
+from fizzbot.data.messages import Message
 
 
 @dataclass(frozen=True)
@@ -47,35 +48,18 @@ def segment_id(segment: list[Message]) -> str:
     return f"{first.channel}@{first.ts:.3f}#{first.order}"
 
 
-def render(token: str, content: str) -> str:
-    """One message as the model sees it: `<Sk> text <EOT>`."""
-    return f"{token} {content} {EOT}"
-
-
 def _windows(segment: list[Message], rendered: list[str], tokens: list[str], settings: WindowSettings) -> Iterator[tuple[int, int, str | None]]:
     """(target index, context start, clipped context line or None) for every target of a segment."""
     rng = random.Random(f"{settings.seed}:{segment_id(segment)}")
     lo, span = settings.min_context, settings.max_context - settings.min_context + 1
     budget = settings.max_context_chars
-    # prefix[i]: characters of messages 0..i-1, +1 each for the newline that ends a context line.
-    prefix = [0]
-    for line in rendered:
-        prefix.append(prefix[-1] + len(line) + 1)
+    prefix = line_prefix(rendered)
     for index in range(lo, len(segment)):
         k = min(lo + int(rng.random() * span), index)
-        start = index - k
-        size = prefix[index] - prefix[start]
-        # Oldest messages leave first until the context fits.
-        while size > budget and index - start > 1:
-            size -= len(rendered[start]) + 1
-            start += 1
+        start = context_start(prefix, index, k, budget)
         clipped = None
-        if index > start and size > budget:
-            # One message alone is over budget: keep its speaker token and the end of its text.
-            # A budget too small for even the token and a character of text leaves no context.
-            token = tokens[start]
-            keep = budget - len(token) - len(EOT) - 6
-            clipped = render(token, "…" + segment[start].content[-keep:]) if keep > 0 else ""
+        if index > start and prefix[index] - prefix[start] > budget:
+            clipped = clip_line(tokens[start], segment[start].content, budget)
         yield index, start, clipped
 
 

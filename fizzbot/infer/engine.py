@@ -24,8 +24,9 @@ from typing import Callable
 
 import torch
 
-from fizzbot.data.messages import EOT, SPEAKER_TOKEN_RE
-from fizzbot.data.speakers import SpeakerMap
+from fizzbot.chat.render import trim_ids
+from fizzbot.chat.tokens import EOT, SPEAKER_TOKEN_RE
+from fizzbot.chat.speakers import SpeakerMap
 
 SPEAKER, MESSAGE, DONE = 0, 1, 2
 
@@ -445,15 +446,8 @@ class GenerationEngine:
         if text.rstrip(" ").endswith(EOT):
             text = text.rstrip(" ") + "\n"  # a finished message: the next token is a speaker
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        budget = self.max_prompt_tokens - len(self.bos)
-        dropped = 0
-        if len(ids) > budget:
-            starts = [i for i, t in enumerate(ids) if t in self._speaker_set]
-            cut = next((s for s in starts if len(ids) - s <= budget), None)
-            if cut is None:
-                cut = len(ids) - budget  # one message alone is over budget: keep its end
-            dropped = sum(1 for s in starts if s < cut)
-            ids = ids[cut:]
+        # The same rule as the training rows (fizzbot.chat.render.trim_ids).
+        ids, dropped = trim_ids(ids, self.max_prompt_tokens - len(self.bos), self._speaker_set)
         return self.bos + ids, dropped
 
     def left_pad(self, prompts: list[list[int]]):
@@ -739,50 +733,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer_model: str | None = None, dtype: torch.dtype | None = None):
-    """(model, tokenizer, speaker map) from a checkpoint: full weights, or an adapter merged onto its base."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from fizzbot.model.tokenizer import check_chat_tokens
-    from fizzbot.train import checkpoint as ckpt
-
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model directory {folder} does not exist")
-    map_path = folder / ckpt.SPEAKER_MAP
-    if not map_path.is_file():
-        raise FileNotFoundError(f"{folder}: no speaker_map.json (is this a fizzbot checkpoint?)")
-    speaker_map = SpeakerMap.load(map_path)
-    tokenizer_source = tokenizer_model or (folder if (folder / "tokenizer_config.json").is_file() else None)
-    if tokenizer_source is None:
-        raise FileNotFoundError(
-            f"{folder} holds no tokenizer: pass --tokenizer-model PATH (or generate.tokenizer_model) "
-            "pointing at the run's tokenizer/ folder"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    check_chat_tokens(tokenizer, speaker_map.tokens)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if (folder / "adapter_config.json").is_file():
-        import json
-
-        from peft import PeftModel
-
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = folder / ckpt.BASE_DIR if (folder / ckpt.BASE_DIR).is_dir() else adapter.get("base_model_name_or_path")
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        # Merged into the (unquantised) base weights: one matrix per layer, no adapter cost per token.
-        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    model.to(device).eval()
-    return model, tokenizer, speaker_map
-
-
 def engine_from_checkpoint(model_dir: str | Path, *, device: str = "auto", tokenizer_model: str | None = None, max_prompt_tokens: int = 768,
                            max_batch_size: int = 32, static_cache: bool = False, compile: bool = False, max_cache_len: int = 2048) -> GenerationEngine:
     dev = resolve_device(device)
+    from fizzbot.artifacts.loading import load_for_inference
+
     model, tokenizer, speaker_map = load_for_inference(model_dir, device=dev, tokenizer_model=tokenizer_model)
     return GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size,
                             device=dev, static_cache=static_cache, compile=compile and dev.type == "cuda", max_cache_len=max_cache_len)

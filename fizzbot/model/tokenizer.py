@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from fizzbot.data.messages import EOT
+from fizzbot.chat.tokens import EOT
 
 TINY_PAD, TINY_BOS, TINY_EOS = "<pad>", "<s>", "</s>"
 

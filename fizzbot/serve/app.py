@@ -148,7 +148,7 @@ def resolve_model_dir(cfg: FizzbotConfig) -> str:
         if not path.is_dir():
             raise FileNotFoundError(f"serve.model_dir={cfg.serve.model_dir}: no such folder")
         return str(path.resolve())
-    from fizzbot.train.checkpoint import find_latest
+    from fizzbot.artifacts.checkpoint import find_latest
 
     return str(find_latest(cfg.run.dir).resolve())
 
@@ -228,7 +228,7 @@ class FizzbotServer:
         )
 
     def _prompt_from_messages(self, messages: list[dict]) -> str:
-        from fizzbot.infer.decode import encode_messages
+        from fizzbot.chat.conversation import encode_messages
 
         try:
             return encode_messages(messages, self.engine.speaker_map)
@@ -324,7 +324,7 @@ class FizzbotServer:
 
     @api.post("/v1/decode")
     async def decode(self, body: DecodeBody, request: Request) -> dict:
-        from fizzbot.infer.decode import decode, format_lines
+        from fizzbot.chat.conversation import decode, format_lines
 
         self._authorize(request)
         messages = decode(body.text, self.engine.speaker_map)
@@ -332,7 +332,7 @@ class FizzbotServer:
 
     @api.post("/v1/generate")
     async def generate(self, body: GenerateBody, request: Request) -> dict:
-        from fizzbot.infer.decode import decode
+        from fizzbot.chat.conversation import decode
 
         self._authorize(request)
         if isinstance(body.context, str):
@@ -398,7 +398,7 @@ class FizzbotServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatBody, request: Request):
-        from fizzbot.infer.decode import split_messages
+        from fizzbot.chat.render import split_messages
 
         self._authorize(request)
         self._check_n(body.n)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fizzbot.data.messages import InputError
+from fizzbot.chat.render import trim_ids
+from fizzbot.errors import InputError
 
 IGNORE_INDEX = -100
 
@@ -81,7 +82,7 @@ class RowTokenizer:
     def __init__(self, tokenizer, max_seq_len: int, speaker_ids: list[int]):
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
-        self.speaker_ids = np.array(sorted(speaker_ids), dtype=np.int64)
+        self.speaker_set = frozenset(int(i) for i in speaker_ids)
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
     def __call__(self, contexts: list[str], targets: list[str], where: str = "rows") -> TokenizedRows:
@@ -89,38 +90,27 @@ class RowTokenizer:
         tgt_ids = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
         rows, n_ctx, truncated = [], [], 0
         limit = self.max_seq_len
+        head = len(self.bos)
         for number, (ctx, tgt) in enumerate(zip(ctx_ids, tgt_ids)):
-            if not tgt or tgt[0] not in self.speaker_ids:
+            if not tgt or tgt[0] not in self.speaker_set:
                 raise InputError("target does not start with a speaker token like <S0>", path=where, line=number + 1, field="target")
-            ctx = self.bos + ctx
-            if len(ctx) + len(tgt) > limit:
-                ctx = self._trim_context(ctx, limit - len(tgt))
+            if head + len(ctx) + len(tgt) > limit:
+                # The same rule as the server's prompts (fizzbot.chat.render.trim_ids).
+                tgt = tgt[: limit - head]
+                ctx, _ = trim_ids(ctx, limit - head - len(tgt), self.speaker_set)
                 truncated += 1
-                if len(tgt) > limit - len(self.bos):
-                    tgt = tgt[: limit - len(self.bos)]
-            rows.append(ctx + tgt)
-            n_ctx.append(len(ctx))
+            rows.append(self.bos + ctx + tgt)
+            n_ctx.append(head + len(ctx))
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ids = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(offsets[-1]))
         return TokenizedRows(ids, offsets, np.array(n_ctx, dtype=np.int32), truncated)
 
-    def _trim_context(self, ctx: list[int], budget: int) -> list[int]:
-        """Drop whole messages from the start until the context fits in `budget` ids."""
-        head = len(self.bos)
-        if budget <= head:
-            return ctx[:head]
-        starts = [i for i in range(head, len(ctx)) if ctx[i] in self.speaker_ids]
-        for start in starts:
-            if len(ctx) - start + head <= budget:
-                return ctx[:head] + ctx[start:]
-        return ctx[:head]
-
 
 def read_rows(path: str | Path) -> tuple[list[str], list[str]]:
     """Contexts and targets of a JSONL file, refusing rows without a target (file and line named)."""
-    from fizzbot.data.io import iter_jsonl
+    from fizzbot.artifacts.io import iter_jsonl
 
     contexts, targets = [], []
     for number, row in iter_jsonl(path):

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from fizzbot.config import FizzbotConfig
-from fizzbot.train import checkpoint as ckpt
+from fizzbot.artifacts import checkpoint as ckpt
 from fizzbot.train.data import BatchPlan, TokenizedRows, collate, plan_epoch
 from fizzbot.train.objective import TargetOnlyLM
 

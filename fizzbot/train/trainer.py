@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fizzbot.config import ConfigError, FizzbotConfig
-from fizzbot.data.io import atomic_write_text
-from fizzbot.data.messages import InputError
-from fizzbot.data.speakers import SpeakerMap
-from fizzbot.train import checkpoint as ckpt
+from fizzbot.artifacts.io import atomic_write_text
+from fizzbot.errors import InputError
+from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.artifacts import checkpoint as ckpt
+from fizzbot.artifacts.prepared import open_prepared
 
 
 def _log(message: str) -> None:
@@ -55,31 +56,15 @@ def is_remote(path: str) -> bool:
 
 def resolve_data(cfg: FizzbotConfig, run_dir: Path) -> TrainingData:
     """A prepared folder, or one JSONL (the original tool's) split by val_split or val_jsonl."""
-    path = Path(cfg.data.path)
-    if not path.exists():
-        raise InputError("data.path does not exist (prepare data first: fizzbot prepare --input ... --output ...)", path=str(path))
-    if path.is_dir():
-        train_path = path / "train.jsonl"
-        if not train_path.is_file():
-            raise InputError("no train.jsonl in the data folder (is this a prepared folder?)", path=str(path))
-        map_path = path / ckpt.SPEAKER_MAP
-        val_path = Path(cfg.data.val_jsonl) if cfg.data.val_jsonl else path / "val.jsonl"
-    else:
-        train_path = path
-        map_path = path.parent / ckpt.SPEAKER_MAP
-        val_path = Path(cfg.data.val_jsonl) if cfg.data.val_jsonl else None
-    if not map_path.is_file():
-        raise InputError("speaker_map.json not found beside the training data", path=str(map_path))
-    speaker_map = SpeakerMap.load(map_path)
-    if train_path.stat().st_size == 0:
-        raise InputError("training data is empty", path=str(train_path))
+    prepared = open_prepared(cfg.data.path, cfg.data.val_jsonl)
+    train_path, val_path = prepared.train_path, prepared.val_path
     if val_path is None:
         train_path, val_path = _split_single_file(train_path, cfg.data.val_split, run_dir / "data")
     if not val_path.is_file() or val_path.stat().st_size == 0:
         raise InputError(
             "no validation rows (set data.val_split above 0 when preparing, or data.val_jsonl)", path=str(val_path)
         )
-    return TrainingData(train_path, val_path, speaker_map)
+    return TrainingData(train_path, val_path, prepared.speaker_map)
 
 
 def _split_single_file(path: Path, val_split: float, out: Path) -> tuple[Path, Path]:
@@ -87,7 +72,7 @@ def _split_single_file(path: Path, val_split: float, out: Path) -> tuple[Path, P
     if val_split <= 0:
         raise InputError("a single JSONL needs data.val_split > 0 or data.val_jsonl", path=str(path))
     out.mkdir(parents=True, exist_ok=True)
-    from fizzbot.data.io import iter_jsonl
+    from fizzbot.artifacts.io import iter_jsonl
 
     train_lines, val_lines = [], []
     threshold = int(val_split * 2**32)

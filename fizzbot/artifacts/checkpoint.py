@@ -15,12 +15,12 @@ import re
 import shutil
 from pathlib import Path
 
-from fizzbot.data.io import atomic_write_text, is_partial
+from fizzbot.artifacts.io import atomic_write_text, is_partial
+from fizzbot.artifacts.prepared import SPEAKER_MAP  # noqa: F401  (a checkpoint carries its speaker map under the same name)
 
 MANIFEST = "fizzbot_checkpoint.json"
 TRAINING_STATE = "training_state.pt"
 CONFIG_FILE = "fizzbot.yaml"
-SPEAKER_MAP = "speaker_map.json"
 BASE_DIR = "base"
 COMPLETED = "COMPLETED"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -6,14 +6,11 @@ decodes: whatever follows `<Sk>` up to the next speaker token is k's message.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from fizzbot.data.messages import EOT, defuse_special_tokens
-from fizzbot.data.speakers import SpeakerMap
-from fizzbot.data.windows import render
-
-_SPLIT_RE = re.compile(r"(<S\d+>)")
+from fizzbot.chat.render import render, split_messages
+from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.chat.tokens import defuse_special_tokens
 
 
 @dataclass
@@ -24,17 +21,6 @@ class DecodedMessage:
 
     def to_json(self) -> dict:
         return {"username": self.username, "content": self.content, "speaker": self.token}
-
-
-def split_messages(text: str) -> list[tuple[str, str]]:
-    """(speaker token, content) pairs; text before the first speaker token is dropped."""
-    parts = _SPLIT_RE.split(text)
-    out = []
-    for i in range(1, len(parts), 2):
-        content = parts[i + 1] if i + 1 < len(parts) else ""
-        content = content.replace(EOT, "").strip()
-        out.append((parts[i], content))
-    return out
 
 
 def decode(text: str, speaker_map: SpeakerMap) -> list[DecodedMessage]:

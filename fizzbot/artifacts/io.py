@@ -87,7 +87,7 @@ def atomic_directory(target: str | Path, *, replace: bool = True) -> Iterator[Pa
 
 def iter_jsonl(path: str | Path):
     """(line number, parsed object) for each non-empty line; bad JSON raises InputError naming the line."""
-    from fizzbot.data.messages import InputError
+    from fizzbot.errors import InputError
 
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):

@@ -13,14 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fizzbot.data.messages import EOT, SPEAKER_TOKEN_RE
+from fizzbot.chat.tokens import EOT, SPEAKER_TOKEN_RE, speaker_token
 
 OTHERS_NAME = "(others)"
 FORMAT_TAG = "fizzbot-speaker-map/1"
-
-
-def speaker_token(index: int) -> str:
-    return f"<S{index}>"
 
 
 @dataclass
@@ -123,7 +119,7 @@ class SpeakerMap:
         return cls([Speaker(token, name, author_id=name) for token, name in pairs])
 
     def save(self, path: str | Path) -> None:
-        from fizzbot.data.io import atomic_write_text
+        from fizzbot.artifacts.io import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 

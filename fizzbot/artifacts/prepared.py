@@ -1,0 +1,55 @@
+"""The prepared-data folder that `fizzbot prepare` writes and training reads.
+
+    <folder>/train.jsonl       rows {"context", "target", "channel", "speaker", "ts"}
+    <folder>/val.jsonl         the same, held out
+    <folder>/speaker_map.json  who is which speaker token
+    <folder>/stats.json        messages read, kept and dropped by each filter, per channel
+    <folder>/report.png        the same, drawn
+
+A single JSONL of {context, target} rows (the original tool's `training_examples.jsonl`) with a
+`speaker_map.json` beside it is accepted as training data too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.errors import InputError
+
+TRAIN_FILE = "train.jsonl"
+VAL_FILE = "val.jsonl"
+SPEAKER_MAP = "speaker_map.json"
+STATS_FILE = "stats.json"
+REPORT_FILE = "report.png"
+
+
+@dataclass
+class PreparedData:
+    train_path: Path
+    val_path: Path | None  # None: a single JSONL that the caller splits
+    speaker_map: SpeakerMap
+    speaker_map_path: Path
+
+
+def open_prepared(path: str | Path, val_jsonl: str | None = None) -> PreparedData:
+    """The files of a prepared folder (or of one JSONL with a speaker map beside it), checked."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("data.path does not exist (prepare data first: fizzbot prepare --input ... --output ...)", path=str(path))
+    if path.is_dir():
+        train_path = path / TRAIN_FILE
+        if not train_path.is_file():
+            raise InputError(f"no {TRAIN_FILE} in the data folder (is this a prepared folder?)", path=str(path))
+        map_path = path / SPEAKER_MAP
+        val_path = Path(val_jsonl) if val_jsonl else path / VAL_FILE
+    else:
+        train_path = path
+        map_path = path.parent / SPEAKER_MAP
+        val_path = Path(val_jsonl) if val_jsonl else None
+    if not map_path.is_file():
+        raise InputError(f"{SPEAKER_MAP} not found beside the training data", path=str(map_path))
+    if train_path.stat().st_size == 0:
+        raise InputError("training data is empty", path=str(train_path))
+    return PreparedData(train_path, val_path, SpeakerMap.load(map_path), map_path)
