@@ -337,7 +337,8 @@ def main() -> int:
         torch.set_num_threads(threads)
         bodies = load_requests(prepared, args.requests, args.turns)
 
-        from fizzbot.infer.engine import GenerationEngine, load_for_inference
+        from fizzbot.artifacts.loading import load_for_inference
+        from fizzbot.infer.engine import GenerationEngine
 
         model, tokenizer, speaker_map = load_for_inference(model_dir, device=torch.device("cpu"))
         engine = GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=1024, max_batch_size=args.max_concurrent)
