@@ -242,6 +242,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the bot ---------------------------------------------------------------------------------------
+
+
+def cmd_bot(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    import logging
+
+    from fizzbot.bot.core import main_loop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    channels = ", ".join(cfg.bot.channels) or "(none)"
+    where = f"{cfg.bot.irc.host}:{cfg.bot.irc.port}" if cfg.bot.platform == "irc" else "Discord"
+    print(f"fizzbot bot: {cfg.bot.nick} on {where}, channels {channels}, asking {cfg.bot.endpoint}", file=sys.stderr, flush=True)
+    return main_loop(cfg.bot)
+
+
 # --- the whole job -----------------------------------------------------------------------------------
 
 
@@ -341,6 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "bot",
+        help="take part in a chat channel (IRC or Discord) through the Serve endpoint",
+        description="Join the channels of bot.channels on bot.platform (irc: bot.irc.host/port/tls; discord: a bot "
+        "token from bot.discord.token_env), answer when addressed by bot.nick (and, with bot.chime_in_rate, now and "
+        "then when a channel is active) by asking bot.endpoint's /v1/generate, and post the answer as "
+        "'[persona] text'. An owner (bot.owners) stops it with bot.stop_command. With bot.log_dir set it writes "
+        "what people say as seed-format JSON lines for `fizzbot update` (off by default).",
+    )
+    _add_config_args(p, default=None)
+    p.set_defaults(func=cmd_bot)
 
     p = sub.add_parser(
         "demo",

@@ -232,6 +232,58 @@ class ServeConfig(Section):
     blocking: bool = Field(True, description="`fizzbot serve` waits until interrupted.")
 
 
+class IrcBotConfig(Section):
+    """How `fizzbot bot` reaches an IRC network."""
+
+    host: str = Field("127.0.0.1", description="IRC server to connect to.")
+    port: int = Field(6667, ge=1, le=65535)
+    tls: bool = Field(False, description="Connect with TLS (usually port 6697).")
+    password_env: str | None = Field(None, description="Environment variable holding the server password (PASS), if any.")
+    realname: str = Field("fizzbot", description="The IRC real name (gecos) shown by WHOIS.")
+
+
+class DiscordBotConfig(Section):
+    """How `fizzbot bot` reaches Discord (a bot account; see the README's steps)."""
+
+    token_env: str = Field("DISCORD_BOT_TOKEN", description="Environment variable holding the bot token.")
+    token_file: str | None = Field(None, description="A file holding the bot token (read when the variable is unset).")
+
+
+class BotConfig(Section):
+    """`fizzbot bot`: fizzbot taking part in a channel, through the Serve endpoint."""
+
+    platform: Literal["irc", "discord"] = Field("irc", description="Which chat the bot joins.")
+    endpoint: str = Field("http://127.0.0.1:8000", description="Base URL of the fizzbot Serve application.")
+    api_key_env: str = Field("FIZZBOT_API_KEY", description="Environment variable holding the endpoint's API key, if it has one.")
+    model: str | None = Field(None, description="Adapter (community) to ask for; unset: the server's default model.")
+    nick: str = Field("fizzbot", description="The bot's name in the channel; messages that address it get an answer.")
+    channels: list[str] = Field(default_factory=list, description="Allow-list: the only channels the bot reads and speaks in (IRC `#chan`; Discord names or ids).")
+    owners: list[str] = Field(default_factory=list, description="Users (nicks or Discord user ids) whose stop command is obeyed.")
+    stop_command: str = Field("!fizzbot stop", description="An owner who sends this in a channel stops the bot.")
+    speak_as: str | None = Field(None, description="Force the persona the bot speaks as (a username in the model's speaker map); unset: the model chooses.")
+    reply_when_addressed: bool = Field(True, description="Answer messages that address the bot (by name at the start, or a mention).")
+    chime_in_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Chance of speaking unprompted after a message, while the channel is active (0: never)."
+    )
+    active_messages: int = Field(4, ge=1, description="A channel is active when it had this many messages...")
+    active_window_seconds: float = Field(300.0, gt=0, description="...within this many seconds.")
+    cooldown_seconds: float = Field(20.0, ge=0, description="Least time between two of the bot's answers in one channel.")
+    max_replies_per_minute: int = Field(6, ge=1, description="Rate limit over all channels.")
+    context_messages: int = Field(20, ge=1, description="Recent messages of the channel sent as the context.")
+    ignore_nicks: list[str] = Field(default_factory=list, description="Other bots: never answered, and left out of the context.")
+    persona_format: str = Field("[{username}] {content}", description="How an answer is posted; {username} is the persona, {content} the text.")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float | None = Field(None, ge=0.0, description="Sampling temperature; unset: the server's default.")
+    request_timeout_s: float = Field(60.0, gt=0, description="How long to wait for the endpoint.")
+    log_dir: str | None = Field(
+        None,
+        description="Opt-in: write what the channels say (people only, never the bot) as seed-format JSON lines, "
+        "one file per channel, for `fizzbot update`. Unset: nothing is written.",
+    )
+    irc: IrcBotConfig = Field(default_factory=IrcBotConfig)
+    discord: DiscordBotConfig = Field(default_factory=DiscordBotConfig)
+
+
 class FizzbotConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -239,6 +291,7 @@ class FizzbotConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    bot: BotConfig = Field(default_factory=BotConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "FizzbotConfig":
