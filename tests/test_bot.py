@@ -325,3 +325,99 @@ def test_the_bot_answers_in_a_real_irc_channel(irc_server, endpoint, tmp_path):
     rows = [json.loads(line) for line in (log_dir / "test.jsonl").read_text().splitlines()]
     assert [r["username"] for r in rows] == [HUMAN, HUMAN]
     assert rows[0]["content"] == "fizzbot: hello, who is around today?"
+
+
+# --- Discord: the adapter's boundary, with discord.py's own objects ------------------------------------
+
+
+def discord_world():
+    """discord.py's own Guild, TextChannel, User and Message objects, built offline from gateway payloads."""
+    import datetime as dt
+
+    import discord
+
+    client = discord.Client(intents=discord.Intents.default())
+    state = client._connection
+    guild = discord.Guild(data={"id": "1", "name": "fizz", "channels": [], "roles": [], "members": [], "emojis": [],
+                                "stickers": [], "features": []}, state=state)
+    general = discord.TextChannel(state=state, guild=guild, data={"id": "10", "name": "general", "type": 0, "position": 0,
+                                                                  "guild_id": "1", "permission_overwrites": []})
+    random_ = discord.TextChannel(state=state, guild=guild, data={"id": "11", "name": "random", "type": 0, "position": 1,
+                                                                  "guild_id": "1", "permission_overwrites": []})
+    me_data = {"id": "99", "username": "fizzbot", "discriminator": "0", "avatar": None, "bot": True}
+    me = discord.User(state=state, data=me_data)
+    counter = iter(range(1, 10**6))
+
+    def message(channel, author: dict, content: str, mentions=(), reply_to=None):
+        when = dt.datetime(2026, 12, 1, 10, 0, next(counter), tzinfo=dt.timezone.utc)
+        data = {"id": str(discord.utils.time_snowflake(when)), "channel_id": str(channel.id), "author": author,
+                "content": content, "timestamp": when.isoformat(), "edited_timestamp": None, "tts": False,
+                "mention_everyone": False, "mentions": list(mentions), "mention_roles": [], "attachments": [],
+                "embeds": [], "pinned": False, "type": 0}
+        if reply_to is not None:
+            data["type"] = 19
+            data["message_reference"] = {"message_id": str(reply_to.id), "channel_id": str(channel.id)}
+            data["referenced_message"] = {**{k: v for k, v in vars_of(reply_to).items()}}
+        return discord.Message(state=state, channel=channel, data=data)
+
+    def vars_of(msg):
+        return {"id": str(msg.id), "channel_id": str(msg.channel.id), "author": me_data if msg.author.id == me.id else
+                {"id": str(msg.author.id), "username": msg.author.name, "discriminator": "0", "avatar": None},
+                "content": msg.content, "timestamp": msg.created_at.isoformat(), "edited_timestamp": None, "tts": False,
+                "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
+                "pinned": False, "type": 0}
+
+    alice = {"id": "5", "username": "alice", "discriminator": "0", "avatar": None, "global_name": "Alice"}
+    robot = {"id": "6", "username": "robot", "discriminator": "0", "avatar": None, "bot": True}
+    return {"me": me, "me_data": me_data, "general": general, "random": random_, "alice": alice, "robot": robot, "message": message}
+
+
+def test_discord_messages_become_events():
+    from fizzbot.bot.discord_adapter import DiscordBridge
+
+    w = discord_world()
+    ask, _ = answering()
+    bridge = DiscordBridge(bot_config('bot.channels=["#general"]', "bot.platform=discord"), BotCore(bot_config('bot.channels=["#general"]'), ask))
+    mention = w["message"](w["general"], w["alice"], "<@99> how is everyone?", mentions=[w["me_data"]])
+    event = bridge.event_of(mention, w["me"])
+    assert event.channel == "#general" and event.author == "Alice" and event.author_id == "5"
+    assert event.mentions_bot and event.content == "fizzbot how is everyone?" and not event.is_bot
+    assert addressed_text(event.content, "fizzbot") == "how is everyone?"
+    assert bridge.event_of(w["message"](w["random"], w["alice"], "hi"), w["me"]) is None  # not on the allow-list
+    assert bridge.event_of(w["message"](w["general"], w["robot"], "beep"), w["me"]).is_bot
+    mine = w["message"](w["general"], w["me_data"], "[pixelpaws] hello")
+    assert bridge.event_of(mine, w["me"]).is_self
+    reply = w["message"](w["general"], w["alice"], "what do you mean?", reply_to=mine)
+    assert bridge.event_of(reply, w["me"]).mentions_bot  # a reply to the bot addresses it
+
+
+@pytest.mark.slow
+def test_discord_adapter_answers_through_a_real_endpoint(endpoint):
+    from fizzbot.bot.discord_adapter import DiscordBridge
+
+    w = discord_world()
+    cfg = bot_config('bot.channels=["general"]', "bot.platform=discord", f"bot.endpoint={endpoint}", "bot.max_new_tokens=16")
+    bridge = DiscordBridge(cfg, BotCore(cfg))
+
+    async def conversation():
+        quiet = await bridge.reply_for(w["message"](w["general"], w["alice"], "morning"), w["me"])
+        answer = await bridge.reply_for(w["message"](w["general"], w["alice"], "<@99> hi!", mentions=[w["me_data"]]), w["me"])
+        ignored = await bridge.reply_for(w["message"](w["general"], w["robot"], "<@99> beep", mentions=[w["me_data"]]), w["me"])
+        return quiet, answer, ignored
+
+    quiet, answer, ignored = asyncio.run(conversation())
+    assert quiet is None and ignored is None
+    assert answer is not None and answer.lines[0].startswith(f"[{answer.persona}] ")
+
+
+def test_discord_token_comes_from_the_environment_or_a_file(tmp_path, monkeypatch):
+    from fizzbot.bot.discord_adapter import read_token
+
+    monkeypatch.delenv("FIZZBOT_TEST_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="FIZZBOT_TEST_TOKEN"):
+        read_token(load_config(None, ["bot.discord.token_env=FIZZBOT_TEST_TOKEN"]).bot)
+    (tmp_path / "token").write_text("file-token\n")
+    cfg = load_config(None, ["bot.discord.token_env=FIZZBOT_TEST_TOKEN", f"bot.discord.token_file={tmp_path / 'token'}"]).bot
+    assert read_token(cfg) == "file-token"
+    monkeypatch.setenv("FIZZBOT_TEST_TOKEN", "env-token")
+    assert read_token(cfg) == "env-token"
