@@ -138,7 +138,7 @@ def test_val_jsonl_replaces_the_split(tmp_path):
     out = tmp_path / "prepared"
     summary = prepare(config(corpus(tmp_path / "in"), out, val_split=0.3, val_jsonl=str(val_file)), use_ray=False, report=False)
     assert rows(out / "val.jsonl") == external
-    assert len(rows(out / "train.jsonl")) == 145 - 4  # nothing held out of the training data
+    assert len(rows(out / "train.jsonl")) == 145  # nothing held out of the training data
     assert summary.val_examples == 2
     assert json.loads((out / "stats.json").read_text())["totals"]["examples"]["val"] == 2
 
