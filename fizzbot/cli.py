@@ -279,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         "write OUTPUT/train.jsonl, val.jsonl, speaker_map.json, stats.json and report.png, on Ray Data. "
         "Every message is a target once (conversation openers with an empty context; data.openers=false: not). "
         "data.speaker_map=PATH (an earlier speaker_map.json, or a prepared or checkpoint folder) keeps every "
-        "speaker's token and appends new ones; data.exclude_speakers=[...] keeps people who opted out out of "
-        "the targets and the speaker tokens (data.exclude_mode: anonymize | drop).",
+        "speaker's token and appends new ones; data.exclude_speakers=[...] names people who opted out: never "
+        "targets, never a speaker token, their messages anonymous context or dropped (data.exclude_mode).",
     )
     p.add_argument("--input", action="append", help="an export file or folder (repeatable); default data.inputs")
     p.add_argument("--output", help="output folder; default data.output")
