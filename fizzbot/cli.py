@@ -122,7 +122,9 @@ def _read_context(path: str) -> list[dict] | str:
 def cmd_generate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     g = cfg.generate
-    from fizzbot.chat.conversation import decode, encode_messages, format_lines
+    from fizzbot.artifacts.loading import chat_rules
+    from fizzbot.chat.conversation import decode, encode_conversation, format_lines, speaker_to_force, tokens_to_forbid
+    from fizzbot.chat.render import split_messages
     from fizzbot.infer.engine import Request, SamplingParams, engine_from_checkpoint
 
     model_dir = _model_dir(args, cfg)
@@ -137,6 +139,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_cache_len=g.max_cache_len,
     )
     smap = engine.speaker_map
+    # The checkpoint's own context rules (what it was trained on) and generate.unknown_speakers.
+    rules = chat_rules(model_dir, g.unknown_speakers)
+    force, forced_guest = speaker_to_force(args.next_speaker, smap, rules) if args.next_speaker else (None, None)
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens or g.max_new_tokens,
         temperature=g.temperature if args.temperature is None else args.temperature,
@@ -146,40 +151,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
         turns=args.turns or g.turns,
         eos_stop=g.eos_stop and not args.no_eos_stop,
         seed=g.seed if args.seed is None else args.seed,
-        force_speaker=smap.resolve(args.next_speaker) if args.next_speaker else None,
-        forbid_speakers=tuple(smap.resolve(name) for name in (args.forbid or g.forbid_speakers)),
+        force_speaker=force,
+        forbid_speakers=tokens_to_forbid(args.forbid or g.forbid_speakers, smap, rules),
     )
-    prompt = ""
+    messages: list[dict] = []
     if args.context_file:
         context = _read_context(args.context_file)
-        prompt = context if isinstance(context, str) else encode_messages(context, smap)
-        if prompt and not prompt.endswith("\n"):
-            prompt += "\n"
+        if isinstance(context, str):  # raw text: its messages, so that the same budget applies
+            context = [{"speaker": token, "content": content} for token, content in split_messages(context)]
+        messages.extend(context)
     if args.content is not None:
         if not args.speaker:
             raise InputError("--content needs --speaker (who says it)", path="--speaker")
-        prompt += encode_messages([{"speaker": smap.resolve(args.speaker), "content": args.content}], smap)
+        messages.append({"username": args.speaker, "content": args.content})
 
-    def show(text: str) -> None:
-        print(text if args.raw else format_lines(decode(text, smap)), flush=True)
+    def reply() -> None:
+        """Continue `messages`, print the answer, and add it to `messages` (the next turn's context)."""
+        prompt = encode_conversation(messages, smap, rules)
+        (result,) = engine.generate([Request(prompt.text, params)])
+        answer = decode(result.text, smap, prompt.speaker_names(smap, forced_guest), forced_guest)
+        print(result.text if args.raw else format_lines(answer), flush=True)
+        messages.extend({"speaker": m.token, "content": m.content} for m in answer)
 
     if not args.interactive:
-        (result,) = engine.generate([Request(prompt, params)])
-        show(result.text)
+        reply()
         return 0
     if not args.speaker:
         raise InputError("--interactive needs --speaker: the user you type as", path="--speaker")
-    you = smap.resolve(args.speaker)
-    names = smap.token_to_username()
-    print(f"fizzbot chat: you are {names[you]} ({you}); model {model_dir}. Empty line lets the channel talk; /quit ends.", file=sys.stderr)
-    if prompt:
-        (result,) = engine.generate([Request(prompt, params)])
-        show(result.text)
-        prompt += result.text + "\n"
+    you = args.speaker.strip()
+    encode_conversation([{"username": you, "content": ""}], smap, rules)  # an unknown name under `reject` stops here
+    print(f"fizzbot chat: you are {you}; model {model_dir}. Empty line lets the channel talk; /quit ends.", file=sys.stderr)
+    if messages:
+        reply()
     while True:
         if sys.stdin.isatty():
             try:
-                line = input(f"{names[you]}> ")
+                line = input(f"{you}> ")
             except EOFError:
                 break
         else:  # piped input: no prompt in the output
@@ -190,10 +197,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if line.strip() in ("/quit", "/exit"):
             break
         if line.strip():
-            prompt += encode_messages([{"speaker": you, "content": line}], smap)
-        (result,) = engine.generate([Request(prompt, params)])
-        show(result.text)
-        prompt += result.text + "\n"
+            messages.append({"username": you, "content": line})
+        reply()
     return 0
 
 
@@ -287,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="chat exports -> train/val JSONL, speaker map, stats",
         description="Read chat exports (seed JSON, DiscordChatExporter JSON/CSV, Slack, Telegram, IRC) and "
-        "write OUTPUT/train.jsonl, val.jsonl, speaker_map.json, stats.json and report.png, on Ray Data.",
+        "write OUTPUT/train.jsonl, val.jsonl, speaker_map.json, stats.json and report.png, on Ray Data. "
+        "Every message is a target once (conversation openers with an empty context; data.openers=false: not). "
+        "data.speaker_map=PATH (an earlier speaker_map.json, or a prepared or checkpoint folder) keeps every "
+        "speaker's token and appends new ones; data.exclude_speakers=[...] names people who opted out: never "
+        "targets, never a speaker token, their messages anonymous context or dropped (data.exclude_mode).",
     )
     p.add_argument("--input", action="append", help="an export file or folder (repeatable); default data.inputs")
     p.add_argument("--output", help="output folder; default data.output")
@@ -311,12 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="continue a conversation from a checkpoint",
         description="Generate the next messages of a conversation: the model picks who speaks next each turn. "
-        "Prints decoded `username: message` lines (--raw: speaker tokens).",
+        "Prints decoded `username: message` lines (--raw: speaker tokens). The context is trimmed by the checkpoint's "
+        "own data.max_context_messages and data.max_context_chars (as its training windows were), then to "
+        "generate.max_prompt_tokens; people in its data.exclude_speakers are anonymous or left out, never spoken as.",
     )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint (under run.dir)")
     where.add_argument("--model-dir", help="a checkpoint folder")
-    p.add_argument("--speaker", help="username or token of the prompt message's author (and yours with --interactive)")
+    p.add_argument("--speaker", help="username or token of the prompt message's author (and yours with --interactive); "
+                   "a name the model has never seen takes the guest token (generate.unknown_speakers=reject refuses it)")
     p.add_argument("--content", help="the prompt message")
     p.add_argument("--context-file", help="earlier messages: JSON list or JSON lines of {username, content}, or raw text")
     p.add_argument("--turns", type=int, help="messages to generate (default generate.turns)")
@@ -326,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, help="(default generate.repetition_penalty)")
     p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the model's end-of-sequence token")
     p.add_argument("--seed", type=int, help="sampling seed: same seed, same output")
-    p.add_argument("--next-speaker", help="force who speaks first (username or token)")
-    p.add_argument("--forbid", action="append", help="never speak as this user (repeatable)")
+    p.add_argument("--next-speaker", help="force who speaks first (username or token); an unknown name speaks with the "
+                   "guest token and its message carries that name")
+    p.add_argument("--forbid", action="append", help="never speak as this user (repeatable); an unknown name forbids the "
+                   "guest token")
     p.add_argument("--raw", action="store_true", help="print raw text with speaker tokens")
     p.add_argument("--interactive", action="store_true", help="chat: you type as --speaker, the channel answers")
     p.add_argument("--tokenizer-model", help="tokenizer folder for a checkpoint saved without one")
@@ -353,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a checkpoint over HTTP with Ray Serve",
         description="Start the Ray Serve application (POST /v1/generate, /v1/decode, /v1/completions, "
         "/v1/chat/completions; GET /v1/models, /healthz) on a local Ray or the cluster it joins. "
-        "serve.model_dir picks the checkpoint (default: the newest run's best).",
+        "serve.model_dir picks the checkpoint (default: the newest run's best). Names the model has never seen "
+        "take the guest token (serve.unknown_speakers=reject answers 400 instead); OpenAI messages without a "
+        "name take serve.default_username (user) or serve.assistant_name (assistant), else the guest token.",
     )
     _add_config_args(p, default=None)
     p.set_defaults(func=cmd_serve)

@@ -44,7 +44,14 @@ class DataConfig(Section):
         "time", description="`time`: the latest messages of each channel; `channel`: whole channels."
     )
     val_jsonl: str | None = Field(None, description="A JSONL of validation rows; replaces val_split when set.")
-    min_context_messages: int = Field(1, ge=0, description="Fewest messages in a context window.")
+    openers: bool = Field(
+        True,
+        description="The first message of each conversation is a target too, with an empty context, so the "
+        "model learns who starts a conversation and how; false: it is context only.",
+    )
+    min_context_messages: int = Field(
+        1, ge=0, description="Fewest messages in a context window (conversation openers aside)."
+    )
     max_context_messages: int = Field(12, ge=1, description="Most messages in a context window.")
     max_context_chars: int = Field(2000, ge=16, description="Context budget in characters; oldest messages go first.")
     max_message_chars: int = Field(2000, ge=16, description="Longer messages are cut to this many characters.")
@@ -52,7 +59,25 @@ class DataConfig(Section):
         60.0, gt=0, description="A silence this long ends a conversation: no context reaches across it."
     )
     max_speakers: int = Field(
-        64, ge=2, description="Speaker tokens: the most active users get <S0>.. ; the rest share the last one."
+        64,
+        ge=2,
+        description="Speaker tokens, the shared others token included: the most active users get <S0>.. ; "
+        "everyone else (and, when serving, anyone new: the guest) shares the others token after them.",
+    )
+    speaker_map: str | None = Field(
+        None,
+        description="An earlier speaker_map.json (or a prepared or checkpoint folder holding one): every author "
+        "it names keeps their token, new authors are appended after its tokens while max_speakers allows.",
+    )
+    exclude_speakers: list[str] = Field(
+        default_factory=list,
+        description="People who opted out (usernames, any case, or author ids): never targets, never a speaker "
+        "token, never generated as.",
+    )
+    exclude_mode: Literal["anonymize", "drop"] = Field(
+        "anonymize",
+        description="Messages of exclude_speakers: `anonymize` keeps them as context under the others token; "
+        "`drop` leaves them out.",
     )
     drop_bots: bool = Field(True, description="Drop messages by bots (flagged by the export, or named below).")
     bot_usernames: list[str] = Field(default_factory=list, description="More usernames to treat as bots.")
@@ -198,6 +223,11 @@ class GenerateConfig(Section):
     max_prompt_tokens: int = Field(768, ge=8, description="Longer contexts lose their oldest messages.")
     tokenizer_model: str | None = Field(None, description="Tokenizer for a checkpoint saved without one.")
     forbid_speakers: list[str] = Field(default_factory=list, description="Usernames or tokens never to speak as.")
+    unknown_speakers: Literal["guest", "reject"] = Field(
+        "guest",
+        description="A name the speaker map does not know (context, --speaker, --next-speaker): `guest` gives it "
+        "the shared others token, `reject` stops with the known names.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
     compile: bool = Field(
@@ -229,6 +259,19 @@ class ServeConfig(Section):
     max_concurrent_requests: int = Field(32, ge=1, description="Requests decoded at once on a replica.")
     max_queued_requests: int = Field(64, ge=0, description="Requests waiting beyond those; more get 503.")
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
+    unknown_speakers: Literal["guest", "reject"] = Field(
+        "guest",
+        description="A name the speaker map does not know: `guest` gives it the shared others token (the request "
+        "succeeds), `reject` answers 400 with the known names.",
+    )
+    default_username: str | None = Field(
+        None, description="Chat completions: the username of `user` messages without `name` (unset: the guest token)."
+    )
+    assistant_name: str | None = Field(
+        None,
+        description="Chat completions: who `assistant` messages without `name` (the model's earlier turns) were "
+        "spoken by, unless the request forces `speaker` (unset: the guest token).",
+    )
     blocking: bool = Field(True, description="`fizzbot serve` waits until interrupted.")
 
 

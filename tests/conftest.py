@@ -66,14 +66,22 @@ TINY_OVERRIDES = [
 
 @pytest.fixture(scope="session")
 def demo_prepared(tmp_path_factory) -> Path:
-    """The demo corpus, prepared in one process (no Ray): a folder with train/val JSONL and a speaker map."""
+    """The demo corpus, prepared in one process (no Ray): a folder with train/val JSONL and a speaker map.
+
+    7 personas have their own token and 2 share the others token (so the guest token is trained); the
+    context budget differs from the defaults the training config keeps, so the checkpoint shows which
+    it records (the prepared one: see test_chat_contract).
+    """
     from fizzbot.config import load_config
     from fizzbot.data.demo import write_demo_corpus
     from fizzbot.data.pipeline import prepare
 
     root = tmp_path_factory.mktemp("demo")
     write_demo_corpus(root / "corpus", seed=0, days=10)
-    cfg = load_config(None, [f"data.inputs=[{root / 'corpus'}]", f"data.output={root / 'prepared'}", "data.max_speakers=12"])
+    cfg = load_config(None, [
+        f"data.inputs=[{root / 'corpus'}]", f"data.output={root / 'prepared'}", "data.max_speakers=8",
+        "data.max_context_messages=6", "data.max_context_chars=600",
+    ])
     prepare(cfg.data, use_ray=False, report=False)
     return root / "prepared"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fizzbot.cli import main as cli
-from fizzbot.chat.speakers import SpeakerMap
-from fizzbot.chat.conversation import decode, encode_messages, format_lines
+from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap
+from fizzbot.chat.conversation import ChatRules, decode, encode_conversation, format_lines
 from fizzbot.chat.render import split_messages
 from fizzbot.infer.engine import Request, SamplingParams, engine_from_checkpoint
 
@@ -28,7 +28,7 @@ def engine(tiny_checkpoint):
 def prompt_for(engine, *pairs):
     names = [s.username for s in engine.speaker_map.speakers]
     messages = [{"username": names[i % len(names)], "content": text} for i, text in pairs]
-    return encode_messages(messages, engine.speaker_map)
+    return encode_conversation(messages, engine.speaker_map).text
 
 
 def run(engine, prompt, **params):
@@ -46,12 +46,15 @@ def test_decode_splits_on_speaker_tokens_without_needing_eot():
     assert format_lines(decode(text, smap)) == "alice: hi there\nbob: no eot here\nalice: again"
 
 
-def test_encode_messages_defuses_typed_special_tokens_and_checks_names():
+def test_encode_defuses_typed_special_tokens_and_checks_names():
     smap = SpeakerMap.from_json({"<S0>": "alice", "<S1>": "bob"})
-    text = encode_messages([{"username": "bob", "content": "I typed <S0> and <EOT>"}], smap)
+    text = encode_conversation([{"username": "bob", "content": "I typed <S0> and <EOT>"}], smap).text
     assert text == "<S1> I typed < S0> and < EOT> <EOT>\n"
-    with pytest.raises(KeyError, match="known speakers: alice, bob"):
-        encode_messages([{"username": "carol", "content": "x"}], smap)
+    with pytest.raises(KeyError, match="message 0: unknown speaker 'carol'; known speakers: alice, bob"):
+        encode_conversation([{"username": "carol", "content": "x"}], smap, ChatRules(unknown_speakers="reject"))
+    # The original tool's flat map has no others token for a guest to take.
+    with pytest.raises(KeyError, match="message 0: speaker 'carol' is not in this speaker map.*no shared others token"):
+        encode_conversation([{"username": "carol", "content": "x"}], smap, ChatRules(unknown_speakers="guest"))
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ def test_cli_generate_prints_usernames_and_raw_pipes_into_decode(tiny_checkpoint
     assert cli(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    known = set(names_of(tiny_checkpoint))
+    known = set(names_of(tiny_checkpoint)) | {OTHERS_NAME}
     assert all(line.split(": ", 1)[0] in known for line in lines)
     assert cli(args + ["--raw"]) == 0
     raw = capsys.readouterr().out
@@ -229,7 +232,8 @@ def test_cli_context_file_and_unknown_speaker(tiny_checkpoint, tmp_path, capsys)
     context.write_text(json.dumps([{"username": names[1], "content": "morning"}, {"username": names[2], "content": "hi!"}]))
     assert cli(["generate", "--model-dir", str(tiny_checkpoint), "--context-file", str(context), "--seed", "1", "--turns", "1"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
-    assert cli(["generate", "--model-dir", str(tiny_checkpoint), "--speaker", "nobody-at-all", "--content", "x"]) == 2
+    refused = ["generate", "--model-dir", str(tiny_checkpoint), "--speaker", "nobody-at-all", "--content", "x", "generate.unknown_speakers=reject"]
+    assert cli(refused) == 2
     err = capsys.readouterr().err
     assert "unknown speaker 'nobody-at-all'" in err and names[0] in err
 

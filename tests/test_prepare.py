@@ -20,7 +20,7 @@ from fizzbot.config import DataConfig
 from fizzbot.data import pipeline
 from fizzbot.errors import InputError
 from fizzbot.data.pipeline import prepare
-from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap
 
 OUTPUT_FILES = {"train.jsonl", "val.jsonl", "speaker_map.json", "stats.json", "report.png"}
 T0 = 1_700_000_000  # epoch seconds
@@ -88,12 +88,13 @@ def test_outputs_rows_and_no_val_target_in_train(tmp_path):
     val_keys = {(r["channel"], r["ts"], r["target"]) for r in val}
     assert not train_keys & val_keys
     assert len(train_keys) == len(train) and len(val_keys) == len(val)
-    # 145 messages in 4 segments; with min_context_messages=1 each segment's first is no target.
+    # 145 messages in 4 segments, every one a target: each segment's opener with an empty context.
     assert summary.messages_read == summary.messages_kept == 145
-    assert summary.train_examples + summary.val_examples == 145 - 4
+    assert summary.train_examples + summary.val_examples == 145
     assert (summary.train_examples, summary.val_examples) == (len(train), len(val))
+    assert sum(r["context"] == "" for r in train + val) == 4
     smap = SpeakerMap.load(out / "speaker_map.json")
-    assert set(smap.token_to_username().values()) == set(AUTHORS)
+    assert set(smap.token_to_username().values()) == set(AUTHORS) | {OTHERS_NAME}
     stats = json.loads((out / "stats.json").read_text())
     assert stats["totals"]["examples"] == {"train": len(train), "val": len(val)}
     assert stats["channels"]["general"]["segments"] == 2
@@ -137,7 +138,7 @@ def test_val_jsonl_replaces_the_split(tmp_path):
     out = tmp_path / "prepared"
     summary = prepare(config(corpus(tmp_path / "in"), out, val_split=0.3, val_jsonl=str(val_file)), use_ray=False, report=False)
     assert rows(out / "val.jsonl") == external
-    assert len(rows(out / "train.jsonl")) == 145 - 4  # nothing held out of the training data
+    assert len(rows(out / "train.jsonl")) == 145  # nothing held out of the training data
     assert summary.val_examples == 2
     assert json.loads((out / "stats.json").read_text())["totals"]["examples"]["val"] == 2
 
@@ -281,8 +282,8 @@ def test_cli_prepare_on_ubuntu_logs_with_ray(tmp_path, ray_local, ubuntu_logs, c
     assert 0.6 * said <= totals["kept"] <= said
     assert totals["dropped"]["bot"] >= bot_lines > 50
     assert totals["dropped"]["system"] > 0
-    # Each segment's first message is context only (min_context_messages=1).
-    assert totals["examples"]["train"] + totals["examples"]["val"] == totals["kept"] - totals["segments"]
+    # Every kept message is a target (each segment's first as an opener).
+    assert totals["examples"]["train"] + totals["examples"]["val"] == totals["kept"]
     assert totals["segments"] >= len(logs)  # the logs are years apart
 
     smap = SpeakerMap.load(out / "speaker_map.json")

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from fizzbot.config import load_config
-from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap
 from fizzbot.pipeline import wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -33,27 +33,30 @@ def server(ray_local, tiny_checkpoint):
     from fizzbot.serve.app import run_server
 
     port = free_port()
+    smap = SpeakerMap.load(tiny_checkpoint / "speaker_map.json")
+    names = [s.username for s in smap.speakers]
     cfg = load_config(None, [
         f"serve.model_dir={tiny_checkpoint}", f"serve.port={port}", f"serve.api_key={KEY}", "generate.device=cpu",
         "serve.max_new_tokens=64", "serve.max_turns=4", "serve.max_n=2", "serve.max_prompt_tokens=256",
     ])
     url = run_server(cfg)
     wait_healthy(url)
-    # A second application on the same proxy with room for one request and no queue, for the 503 test.
-    tight = load_config(None, [
+    # A second application on the same proxy: room for one request and no queue (the 503 test), and
+    # strict about names (unknown speakers refused; unnamed OpenAI messages get configured names).
+    strict = load_config(None, [
         f"serve.model_dir={tiny_checkpoint}", f"serve.port={port}", "generate.device=cpu", "serve.max_concurrent_requests=1",
-        "serve.max_queued_requests=0", "serve.max_new_tokens=512", "serve.max_turns=8",
+        "serve.max_queued_requests=0", "serve.max_new_tokens=512", "serve.max_turns=8", "serve.unknown_speakers=reject",
+        f"serve.default_username={names[1]}", f"serve.assistant_name={names[2]}",
     ])
-    tight_url = run_server(tight, name="tight", route_prefix="/tight")
-    wait_healthy(tight_url)
-    names = [s.username for s in SpeakerMap.load(tiny_checkpoint / "speaker_map.json").speakers]
-    yield {"url": url, "tight": tight_url, "names": names, "checkpoint": tiny_checkpoint}
+    strict_url = run_server(strict, name="strict", route_prefix="/strict")
+    wait_healthy(strict_url)
+    yield {"url": url, "strict": strict_url, "names": names, "guest": smap.guest_token, "checkpoint": tiny_checkpoint}
     serve.shutdown()
 
 
-def post(server, route, body, key=KEY, **kwargs):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return requests.post(server["url"] + route, json=body, headers=headers, timeout=120, **kwargs)
+def post(server, route, body, key=KEY, app="url", **kwargs):
+    headers = {"Authorization": f"Bearer {key}"} if key and app == "url" else {}
+    return requests.post(server[app] + route, json=body, headers=headers, timeout=120, **kwargs)
 
 
 def error_of(response):
@@ -77,7 +80,7 @@ def test_generate_returns_raw_and_decoded_messages(server):
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["messages"]) == 3
-    assert all(m["username"] in names and m["speaker"].startswith("<S") for m in body["messages"])
+    assert all(m["username"] in names + [OTHERS_NAME] and m["speaker"].startswith("<S") for m in body["messages"])
     assert body["raw"].count("<EOT>") == 3
     usage = body["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
@@ -111,7 +114,7 @@ def test_completions_and_chat_with_the_openai_client(server):
         messages=[{"role": "system", "content": "ignored"}, {"role": "user", "name": names[0], "content": "hey everyone"}],
     )
     message = chat.choices[0].message
-    assert message.role == "assistant" and message.name in names and "<EOT>" not in (message.content or "")
+    assert message.role == "assistant" and message.name in names + [OTHERS_NAME] and "<EOT>" not in (message.content or "")
 
 
 def test_streams_join_to_the_non_streamed_text(server):
@@ -146,6 +149,85 @@ def test_cli_and_server_agree_for_the_same_seed(server):
     assert cli == http["raw"]
 
 
+# --- the chat contract over HTTP: newcomers, OpenAI conversations, the checkpoint's context budget ----
+
+
+def test_a_newcomer_takes_the_guest_token_and_the_answer_names_them(server):
+    names, guest = server["names"], server["guest"]
+    context = [{"username": "newbie_nat", "content": "hi all, first time here"}, {"username": names[0], "content": "welcome!"}]
+    body = post(server, "/v1/generate", {"context": context, "speaker": "newbie_nat", "turns": 3, "seed": 3}).json()
+    assert body["raw"].startswith(guest + " ")  # a forced unknown speaker speaks with the guest token
+    first = body["messages"][0]
+    assert (first["username"], first["speaker"]) == ("newbie_nat", guest)
+    # The conversation's one newcomer: every guest-token message is theirs.
+    assert all(m["username"] == "newbie_nat" for m in body["messages"] if m["speaker"] == guest)
+    # Two newcomers: the guest token is no one in particular, except the forced first message.
+    two = context + [{"username": "other_newbie", "content": "same here"}]
+    body = post(server, "/v1/generate", {"context": two, "speaker": "newbie_nat", "turns": 4, "seed": 3, "eos_stop": False}).json()
+    assert body["messages"][0]["username"] == "newbie_nat"
+    assert all(m["username"] == OTHERS_NAME for m in body["messages"][1:] if m["speaker"] == guest)
+    body = post(server, "/v1/generate", {"context": two, "speaker": guest, "turns": 1, "seed": 3}).json()
+    assert body["messages"][0]["username"] == OTHERS_NAME
+    # Forbidding a newcomer forbids the guest token (the only one they could speak with).
+    for seed in range(3):
+        banned = post(server, "/v1/generate", {"context": context, "forbid_speakers": ["newbie_nat"], "turns": 4, "seed": seed}).json()
+        assert guest not in banned["raw"]
+
+
+def test_contexts_are_trimmed_by_the_checkpoints_own_budget(server):
+    """The fixture's data was prepared with data.max_context_messages=6: so is every served context."""
+    names = server["names"]
+    context = [{"username": names[i % 3], "content": f"short message {i}"} for i in range(10)]
+    body = post(server, "/v1/generate", {"context": context, "turns": 1, "seed": 0}).json()
+    assert body["dropped_messages"] == 4
+    recent = post(server, "/v1/generate", {"context": context[4:], "turns": 1, "seed": 0}).json()
+    assert recent["dropped_messages"] == 0
+    assert (recent["raw"], recent["usage"]) == (body["raw"], body["usage"])
+
+
+def test_openai_multi_turn_chat_with_the_official_client(server):
+    """A standard client sends unnamed user messages and its earlier answers as unnamed assistant
+    messages: both are accepted, over a conversation of several turns."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    names, guest = server["names"], server["guest"]
+    messages = [{"role": "system", "content": "You are the channel."}, {"role": "user", "content": "hi, anyone around?"}]
+    for turn in range(3):
+        reply = client.chat.completions.create(model="fizzbot", messages=messages, seed=turn, max_tokens=16)
+        message = reply.choices[0].message
+        assert message.role == "assistant" and message.name in names + [OTHERS_NAME], message
+        messages += [{"role": "assistant", "content": message.content}, {"role": "user", "content": f"and then {turn}?"}]
+
+    # How they were rendered: unnamed user and assistant turns as the guest token (the answer is
+    # exactly what /v1/generate gives for that context), or, with `speaker`, the assistant turns as
+    # the forced speaker, who then answers.
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}, {"role": "user", "content": "how are you?"}]
+    as_guest = [{"speaker": guest, "content": "hi"}, {"speaker": guest, "content": "hey"}, {"speaker": guest, "content": "how are you?"}]
+    reply = client.chat.completions.create(model="fizzbot", messages=chat, seed=9, max_tokens=16)
+    same = post(server, "/v1/generate", {"context": as_guest, "seed": 9, "max_new_tokens": 16, "turns": 1}).json()
+    assert reply.choices[0].message.content == same["messages"][0]["content"]
+    forced = client.chat.completions.create(model="fizzbot", messages=chat, seed=9, max_tokens=16, extra_body={"speaker": names[2]})
+    as_forced = [as_guest[0], {"username": names[2], "content": "hey"}, as_guest[2]]
+    same = post(server, "/v1/generate", {"context": as_forced, "speaker": names[2], "seed": 9, "max_new_tokens": 16, "turns": 1}).json()
+    assert forced.choices[0].message.name == names[2]
+    assert forced.choices[0].message.content == same["messages"][0]["content"]
+    # A newcomer forced to answer is named in the stream's first chunk.
+    chunks = list(client.chat.completions.create(model="fizzbot", messages=chat, seed=2, max_tokens=8, stream=True,
+                                                 extra_body={"speaker": "newbie_nat"}))
+    assert next(c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.role).model_extra["name"] == "newbie_nat"
+
+
+def test_unnamed_openai_messages_take_the_configured_names(server):
+    """serve.default_username (user) and serve.assistant_name (assistant), on the strict server."""
+    names = server["names"]
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}, {"role": "user", "content": "how are you?"}]
+    reply = post(server, "/v1/chat/completions", {"messages": chat, "seed": 4, "max_tokens": 16}, app="strict")
+    assert reply.status_code == 200, reply.text
+    named = [{"username": names[1], "content": "hi"}, {"username": names[2], "content": "hey"}, {"username": names[1], "content": "how are you?"}]
+    same = post(server, "/v1/generate", {"context": named, "seed": 4, "max_new_tokens": 16, "turns": 1}, app="strict").json()
+    assert reply.json()["choices"][0]["message"]["content"] == same["messages"][0]["content"]
+
+
 # --- errors ----------------------------------------------------------------------------------------
 
 
@@ -168,14 +250,15 @@ def test_api_key_required_everywhere_but_healthz(server):
         ("/v1/generate", {"context": 5}, 422, "context"),
         ("/v1/generate", {"context": [], "temperature": -1}, 422, "temperature"),
         ("/v1/generate", {"context": [], "max_new_tokens": "lots"}, 422, "max_new_tokens"),
-        ("/v1/generate", {"context": [{"username": "nobody-at-all", "content": "hi"}]}, 400, "messages"),
-        ("/v1/generate", {"context": [], "speaker": "nobody-at-all"}, 400, "speaker"),
+        ("/v1/generate", {"context": [{"username": "<S99>", "content": "hi"}]}, 400, "messages"),
+        ("/v1/generate", {"context": [{"content": "who am i"}]}, 400, "messages"),
+        ("/v1/generate", {"context": [], "speaker": "<S99>"}, 400, "speaker"),
+        ("/v1/generate", {"context": [], "forbid_speakers": ["<S99>"]}, 400, "forbid_speakers"),
         ("/v1/generate", {"context": [], "turns": 50}, 400, "turns"),
         ("/v1/generate", {"context": [], "max_new_tokens": 10_000}, 400, "max_new_tokens"),
         ("/v1/completions", {"prompt": "<S0> hi <EOT>\n", "n": 9}, 400, "n"),
         ("/v1/completions", {"prompt": "<S0> " + "word " * 600 + "<EOT>\n"}, 400, "prompt"),
         ("/v1/completions", {}, 422, "prompt"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "who am i"}]}, 400, "messages.0.name"),
         ("/v1/decode", {"txt": "x"}, 422, "text"),
     ],
 )
@@ -187,9 +270,14 @@ def test_bad_requests_get_json_errors_with_the_right_status(server, route, body,
     assert error["message"]
 
 
-def test_unknown_speaker_error_lists_the_valid_ones(server):
-    error = error_of(post(server, "/v1/generate", {"context": [{"username": "nobody-at-all", "content": "hi"}]}))
+def test_unknown_speakers_refused_where_configured_and_the_error_lists_the_valid_ones(server):
+    response = post(server, "/v1/generate", {"context": [{"username": "nobody-at-all", "content": "hi"}]}, app="strict")
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["param"] == "messages" and "unknown speaker 'nobody-at-all'" in error["message"]
     assert all(name in error["message"] for name in server["names"][:5])
+    forced = post(server, "/v1/generate", {"context": [], "speaker": "nobody-at-all"}, app="strict")
+    assert forced.status_code == 400 and error_of(forced)["param"] == "speaker"
 
 
 def test_malformed_bodies_are_client_errors_never_500(server):
@@ -205,7 +293,7 @@ def test_malformed_bodies_are_client_errors_never_500(server):
 
 def test_full_queue_answers_503_at_once(server):
     """With room for one request and no queue, a second request while one is decoding gets 503."""
-    tight = server["tight"]
+    tight = server["strict"]
     slow_body = {"context": [], "turns": 8, "max_new_tokens": 512, "eos_stop": False, "seed": 0}
     slow: dict = {}
 

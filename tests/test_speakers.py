@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap, build_speaker_map
+from fizzbot.chat.speakers import OPTED_OUT_NAME, OTHERS_NAME, SpeakerMap, build_speaker_map, growth
 
 
 def names(**counts: int) -> tuple[Counter, dict[str, str]]:
@@ -22,10 +22,11 @@ def test_most_active_first_ties_by_id():
         ("<S0>", "alice", 9), ("<S1>", "aaron", 5), ("<S2>", "bob", 5), ("<S3>", "carol", 5), ("<S4>", "dave", 1),
     ]
     assert [s.username for s in smap.speakers][:2] == ["user_alice", "user_aaron"]
-    assert smap.other_token is None and smap.tokens == [f"<S{i}>" for i in range(5)]
     assert smap.token_for_author("bob") == "<S2>"
-    with pytest.raises(KeyError, match="nobody"):
-        smap.token_for_author("nobody")  # no shared token: an unknown author is an error
+    # Everyone fits, and still the others token follows them: it is where newcomers go.
+    assert smap.other_token == smap.guest_token == "<S5>" and smap.tokens == [f"<S{i}>" for i in range(6)]
+    assert (smap.other_authors, smap.other_messages) == (0, 0)
+    assert smap.token_for_author("nobody") == "<S5>"
 
 
 def test_ranking_does_not_depend_on_counter_order():
@@ -35,10 +36,12 @@ def test_ranking_does_not_depend_on_counter_order():
     assert build_speaker_map(forward, usernames, 8).to_json() == build_speaker_map(backward, usernames, 8).to_json()
 
 
-def test_exactly_max_speakers_needs_no_shared_token():
+def test_the_cap_counts_the_others_token():
     counts, usernames = names(a=3, b=2, c=1)
-    smap = build_speaker_map(counts, usernames, max_speakers=3)
-    assert smap.tokens == ["<S0>", "<S1>", "<S2>"] and smap.other_token is None
+    assert build_speaker_map(counts, usernames, max_speakers=4).tokens == ["<S0>", "<S1>", "<S2>", "<S3>"]
+    capped = build_speaker_map(counts, usernames, max_speakers=3)
+    assert capped.tokens == ["<S0>", "<S1>", "<S2>"] and capped.other_token == "<S2>"
+    assert [s.author_id for s in capped.speakers] == ["a", "b"] and capped.token_for_author("c") == "<S2>"
 
 
 def test_cap_rest_share_the_last_token():
@@ -145,3 +148,96 @@ def test_resolve_lists_at_most_twenty_names():
         smap.resolve("nobody")
     assert "u19" in str(unknown.value) and "u20" not in str(unknown.value)
     assert "(and 10 more)" in str(unknown.value)
+
+
+# --- unknown speakers: the guest token ----------------------------------------------------------------
+
+
+def test_unknown_names_take_the_guest_token_or_are_refused():
+    counts, usernames = names(a=3, b=2)
+    smap = build_speaker_map(counts, usernames, max_speakers=8)
+    assert smap.lookup("user_a") == "<S0>" and smap.lookup("newcomer") is None
+    assert smap.token_for_name("USER_B", "guest") == "<S1>"
+    assert smap.token_for_name("newcomer", "guest") == smap.guest_token == "<S2>"
+    with pytest.raises(KeyError, match="unknown speaker 'newcomer'; known speakers: user_a, user_b"):
+        smap.token_for_name("newcomer", "reject")
+    # A token is never a newcomer: an unknown one is an error under either policy.
+    with pytest.raises(KeyError, match="unknown speaker token <S7>"):
+        smap.token_for_name("<S7>", "guest")
+
+
+def test_a_flat_map_has_no_guest_token_and_says_so():
+    smap = SpeakerMap.from_json({"<S0>": "alice", "<S1>": "bob"})
+    assert smap.guest_token is None
+    with pytest.raises(KeyError, match="no shared others token.*use a known speaker: alice, bob"):
+        smap.token_for_name("carol", "guest")
+
+
+# --- a stable map: earlier assignments kept, new speakers appended ------------------------------------
+
+
+def test_a_grown_map_keeps_every_token_and_appends_after_them():
+    first = build_speaker_map(Counter(a=10, b=5, c=1), {"a": "ann", "b": "ben", "c": "cy"}, max_speakers=8)
+    assert first.tokens == ["<S0>", "<S1>", "<S2>", "<S3>"] and first.other_token == "<S3>"
+    # Later: c is now the most active, two newcomers (one busier than anyone), b renamed itself.
+    counts = Counter(a=11, b=6, c=50, d=99, e=2)
+    grown = build_speaker_map(counts, {"a": "ann", "b": "benji", "c": "cy", "d": "dee", "e": "eve"}, 8, previous=first)
+    assert [(s.token, s.author_id, s.username) for s in grown.speakers] == [
+        ("<S0>", "a", "ann"), ("<S1>", "b", "benji"), ("<S2>", "c", "cy"), ("<S4>", "d", "dee"), ("<S5>", "e", "eve"),
+    ]
+    assert grown.other_token == "<S3>" and grown.tokens == [f"<S{i}>" for i in range(6)]
+    assert grown.diff(first) is not None  # two tokens more
+    assert growth(first, grown) == {"kept": 3, "appended": 2, "retired": 0}
+    # A fresh ranking of the same counts would move everyone: d would be <S0>.
+    assert build_speaker_map(counts, {}, 8).token_for_author("d") == "<S0>"
+
+
+def test_past_the_cap_newcomers_share_the_old_others_token():
+    first = build_speaker_map(Counter(a=10, b=5), {}, max_speakers=4)  # <S0> a, <S1> b, <S2> others
+    grown = build_speaker_map(Counter(a=1, b=1, x=50, y=40, z=30), {}, max_speakers=4, previous=first)
+    assert [(s.token, s.author_id) for s in grown.speakers] == [("<S0>", "a"), ("<S1>", "b"), ("<S3>", "x")]
+    assert grown.other_token == "<S2>" and (grown.other_authors, grown.other_messages) == (2, 70)
+    assert grown.token_for_author("z") == "<S2>"
+    # A previous map already at (or over) the cap keeps all it has and appends nothing.
+    again = build_speaker_map(Counter(q=500), {}, max_speakers=2, previous=grown)
+    assert again.tokens == grown.tokens and again.token_for_author("q") == "<S2>"
+
+
+def test_a_flat_map_grows_an_others_token_first():
+    flat = SpeakerMap.from_json({"<S0>": "alice", "<S1>": "bob"})
+    grown = build_speaker_map(Counter(alice=3, bob=2, carol=9), {}, max_speakers=3, previous=flat)
+    # The cap (3) is below what the map needs (2 kept + others): kept tokens are never taken away.
+    assert grown.other_token == "<S2>" and [s.author_id for s in grown.speakers] == ["alice", "bob"]
+    assert grown.token_for_author("carol") == "<S2>"
+    roomy = build_speaker_map(Counter(alice=3, bob=2, carol=9), {}, max_speakers=8, previous=flat)
+    assert roomy.other_token == "<S2>" and roomy.token_for_author("carol") == "<S3>"
+
+
+def test_opting_out_retires_a_token_that_no_one_else_gets(tmp_path):
+    first = build_speaker_map(Counter(a=10, b=5, c=3), {"a": "ann", "b": "ben", "c": "cy"}, max_speakers=8)
+    grown = build_speaker_map(Counter(a=10, b=5, c=3, d=1), {"a": "ann", "b": "ben", "c": "cy", "d": "dee"}, 8, previous=first, excluded={"b"})
+    retired = grown.speakers[1]
+    assert (retired.token, retired.retired, retired.author_id, retired.username) == ("<S1>", True, None, OPTED_OUT_NAME)
+    assert "ben" not in json.dumps(grown.to_json())
+    assert grown.token_for_author("b") == grown.other_token == "<S3>"
+    assert grown.token_for_author("d") == "<S4>"  # appended after every existing token, not into the retired slot
+    assert "<S1>" not in grown.speakable_tokens and "<S1>" in grown.tokens
+    assert grown.lookup(OPTED_OUT_NAME) is None
+    assert growth(first, grown) == {"kept": 2, "appended": 1, "retired": 1}
+    path = tmp_path / "speaker_map.json"
+    grown.save(path)
+    assert SpeakerMap.load(path) == grown
+    # A fresh map never gives an excluded author a token.
+    fresh = build_speaker_map(Counter(a=10, b=5), {}, max_speakers=8, excluded={"b"})
+    assert [s.author_id for s in fresh.speakers] == ["a"] and fresh.token_for_author("b") == "<S1>"
+
+
+def test_diff_names_what_two_maps_disagree_on():
+    a = build_speaker_map(Counter(x=5, y=3), {"x": "ex", "y": "why"}, max_speakers=8)
+    renamed = build_speaker_map(Counter(x=50, y=30), {"x": "EX", "y": "WHY"}, max_speakers=8)
+    assert a.diff(renamed) is None and a.diff(a) is None  # usernames and counts are no disagreement
+    swapped = build_speaker_map(Counter(x=3, y=5), {"x": "ex", "y": "why"}, max_speakers=8)
+    message = a.diff(swapped)
+    assert message.startswith("2 speaker token(s) differ") and "<S0> is author 'x' (ex) here but author 'y' (why) there" in message
+    smaller = build_speaker_map(Counter(x=5), {}, max_speakers=8)
+    assert "<S2> is the shared others token here but missing there" in a.diff(smaller)

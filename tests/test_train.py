@@ -422,14 +422,17 @@ def test_a_hugging_face_model_folder_gets_chat_tokens_and_trains(prepared, tmp_p
     embed_before, _ = run.tables_before
     assert embed_before.shape[0] == len(tok)
     assert torch.equal(embed_before[:old_vocab], original)
-    names = SpeakerMap.load(prepared / "speaker_map.json").token_to_username()
+    smap = SpeakerMap.load(prepared / "speaker_map.json")
+    names = {s.token: s.username for s in smap.speakers}
     assert set(names.values()) <= {p.username for p in PERSONAS}
     for token, username in names.items():
         row = embed_before[tok.convert_tokens_to_ids(token)]
         ids = tok(username, add_special_tokens=False)["input_ids"]
         assert len(ids) > 0 and all(i < old_vocab for i in ids)
         assert torch.allclose(row, original[ids].mean(dim=0), atol=1e-6), token
-    assert torch.allclose(embed_before[tok.convert_tokens_to_ids("<EOT>")], original.mean(dim=0), atol=1e-6)
+    # <EOT> and the others token (no one's name) start at the mean of every row.
+    for token in ("<EOT>", smap.other_token):
+        assert torch.allclose(embed_before[tok.convert_tokens_to_ids(token)], original.mean(dim=0), atol=1e-6)
     speaker_rows = torch.stack([embed_before[tok.convert_tokens_to_ids(t)] for t in names])
     assert torch.unique(speaker_rows, dim=0).shape[0] == len(names)  # a different prior per speaker
 

@@ -92,7 +92,14 @@ def context_lines(context: str) -> list[str]:
 def window_settings(draw, min_chars: int = 16) -> WindowSettings:
     low = draw(st.integers(0, 3))
     high = draw(st.integers(max(low, 1), 8))
-    return WindowSettings(low, high, draw(st.integers(min_chars, 600)), draw(st.integers(0, 2**32)))
+    return WindowSettings(low, high, draw(st.integers(min_chars, 600)), draw(st.integers(0, 2**32)), draw(st.booleans()))
+
+
+def target_indices(n: int, ws: WindowSettings) -> list[int]:
+    """Which messages of an n-message segment are targets: the opener (with openers), then every
+    message from the min_context-th on."""
+    opener = [0] if ws.openers and ws.min_context > 0 and n else []
+    return opener + list(range(ws.min_context, n))
 
 
 # --- segments -------------------------------------------------------------------------------------
@@ -130,9 +137,9 @@ def test_window_invariants(messages, ws, max_speakers, val_at):
             tokens = [smap.token_for_author(m.author_id) for m in segment]
             val_from = int(len(segment) * val_at)
             rows = list(window_segment(segment, tokens, ws, val_from))
-            # One example per message past the first min_context ones.
-            assert len(rows) == max(0, len(segment) - ws.min_context)
-            for (is_val, row), index in zip(rows, range(ws.min_context, len(segment))):
+            # One example per message past the first min_context ones, and the opener with `openers`.
+            assert len(rows) == len(target_indices(len(segment), ws))
+            for (is_val, row), index in zip(rows, target_indices(len(segment), ws)):
                 target = segment[index]
                 assert row["target"] == render(tokens[index], target.content)
                 assert (row["channel"], row["speaker"], row["ts"]) == (channel, tokens[index], round(target.ts, 3))
@@ -185,8 +192,8 @@ def test_tokens_beyond_s9_fit_the_smallest_budget():
     """A 16-character budget (the config's minimum) with a two-digit speaker token."""
     segment = [Message("#c", "a", "a", "x" * 100, 0.0, 0), Message("#c", "b", "b", "reply", 1.0, 1)]
     rows = list(window_segment(segment, ["<S12>", "<S13>"], WindowSettings(1, 1, 16, 0), 2))
-    assert len(rows) == 1
-    assert len(rows[0][1]["context"]) <= 16
+    assert len(rows) == 2 and rows[0][1]["context"] == ""  # the opener
+    assert len(rows[1][1]["context"]) <= 16
 
 
 @settings(max_examples=40, deadline=None)
@@ -207,11 +214,34 @@ def test_the_seed_changes_the_draw():
     segment = [Message("#c", f"a{i % 3}", f"a{i % 3}", f"message number {i}", float(i), i) for i in range(200)]
     tokens = ["<S0>"] * len(segment)
     draws = {
-        seed: [row["context"].count("\n") for _, row in window_segment(segment, tokens, WindowSettings(1, 8, 10_000, seed), 200)]
+        seed: [row["context"].count("\n") for _, row in window_segment(segment, tokens, WindowSettings(1, 8, 10_000, seed, openers=False), 200)]
         for seed in (0, 1)
     }
     assert draws[0] != draws[1]
     assert set(draws[0]) == set(range(1, 9))  # k is drawn over the whole range
+
+
+@settings(max_examples=60, deadline=None)
+@given(streams(max_channels=1), window_settings(), st.data())
+def test_openers_and_context_only_messages_move_no_other_window(messages, ws, data):
+    """Openers draw nothing and context-only messages (people who opted out) draw and are skipped,
+    so turning either on adds or removes exactly those rows and leaves every other row as it was."""
+    for stream in by_channel(messages).values():
+        for segment in split_segments(stream, GAP):
+            tokens = [f"<S{i % 3}>" for i in range(len(segment))]
+            plain = WindowSettings(ws.min_context, ws.max_context, ws.max_context_chars, ws.seed, openers=False)
+            base = {message_id(row["target"]): row for _, row in window_segment(segment, tokens, plain, len(segment))}
+            targets = [data.draw(st.booleans()) for _ in segment]
+            opened = WindowSettings(ws.min_context, ws.max_context, ws.max_context_chars, ws.seed, openers=True)
+            rows = list(window_segment(segment, tokens, opened, len(segment), targets))
+            expected = [i for i in target_indices(len(segment), opened) if targets[i]]
+            assert [message_id(row["target"]) for _, row in rows] == [message_id(tokens[i] + " " + segment[i].content + " <EOT>") for i in expected]
+            for _, row in rows:
+                ident = message_id(row["target"])
+                if ident in base:
+                    assert row == base[ident]
+                else:  # only the opener is new, with an empty context
+                    assert row["context"] == "" and row["target"] == render(tokens[0], segment[0].content)
 
 
 # --- the real stages: sharding does not change the examples ------------------------------------

@@ -1,5 +1,5 @@
 """Loading a checkpoint for inference: the model (full weights, or an adapter on its base), its
-tokenizer with the chat tokens, and its speaker map."""
+tokenizer with the chat tokens, its speaker map, and the rules its contexts are read by."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fizzbot.artifacts import checkpoint as ckpt
+from fizzbot.chat.conversation import ChatRules
 from fizzbot.chat.speakers import SpeakerMap
 
 
@@ -48,3 +49,19 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model.to(device).eval()
     return model, tokenizer, speaker_map
+
+
+def chat_rules(model_dir: str | Path, unknown_speakers: str = "guest") -> ChatRules:
+    """How contexts are read for this checkpoint: the data settings in its fizzbot.yaml (context and
+    message budgets, opted-out people; none for a folder without one) and the unknown-speaker policy."""
+    import yaml
+
+    path = Path(model_dir) / ckpt.CONFIG_FILE
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        config = {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    data = config.get("data") if isinstance(config, dict) else None
+    return ChatRules.from_data_config(data if isinstance(data, dict) else {}, unknown_speakers)

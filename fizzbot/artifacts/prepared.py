@@ -12,6 +12,7 @@ A single JSONL of {context, target} rows (the original tool's `training_examples
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,29 @@ def open_prepared(path: str | Path, val_jsonl: str | None = None) -> PreparedDat
     if train_path.stat().st_size == 0:
         raise InputError("training data is empty", path=str(train_path))
     return PreparedData(train_path, val_path, SpeakerMap.load(map_path), map_path)
+
+
+def find_speaker_map(path: str | Path) -> Path:
+    """A speaker_map.json, or the one inside a prepared or checkpoint folder (`data.speaker_map`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPEAKER_MAP
+    if not path.is_file():
+        raise InputError(f"no speaker map here (give a {SPEAKER_MAP}, or a prepared or checkpoint folder holding one)", path=str(path), field="data.speaker_map")
+    return path
+
+
+# The data settings that decide what a context looks like: a checkpoint records the ones its data was
+# prepared with, so that serving trims and anonymizes contexts as the windows of its training data were.
+CONTEXT_KEYS = ("max_context_messages", "max_context_chars", "max_message_chars", "exclude_speakers", "exclude_mode")
+
+
+def context_settings(path: str | Path) -> dict:
+    """The CONTEXT_KEYS a prepared folder was made with (from its stats.json); {} where none are recorded
+    (a single JSONL of the original tool's, or a folder without stats)."""
+    stats = Path(path) / STATS_FILE
+    try:
+        config = json.loads(stats.read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: config[key] for key in CONTEXT_KEYS if key in config}

@@ -17,10 +17,19 @@ from __future__ import annotations
 import re
 from typing import Collection, Sequence
 
-from fizzbot.chat.tokens import EOT
+from fizzbot.chat.tokens import EOT, defuse_special_tokens
 
 _SPLIT_RE = re.compile(r"(<S\d+>)")
 ELLIPSIS = "…"
+
+
+def clean_text(text: str, max_chars: int | None) -> str:
+    """A message's text as the model sees it: edge whitespace off, typed look-alikes of special
+    tokens defused, an over-long text cut to `max_chars` (`data.max_message_chars`)."""
+    text = defuse_special_tokens(text.strip())
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars].rstrip() + " " + ELLIPSIS
+    return text
 
 
 def render(token: str, content: str) -> str:

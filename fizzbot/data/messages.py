@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from fizzbot.chat.tokens import defuse_special_tokens
+from fizzbot.chat.render import clean_text
 from fizzbot.errors import InputError  # noqa: F401  (readers raise it from here)
 
 
@@ -74,8 +74,6 @@ def parse_timestamp(value: Any, *, path: str, line: int | None, field: str = "ti
 
 
 def clean_content(text: str, max_chars: int) -> str:
-    """Edge whitespace off, typed look-alikes of special tokens defused, over-long text cut."""
-    text = defuse_special_tokens(text.strip())
-    if len(text) > max_chars:
-        text = text[:max_chars].rstrip() + " …"
-    return text
+    """Edge whitespace off, typed look-alikes of special tokens defused, over-long text cut: the
+    chat contract's rule (fizzbot.chat.render.clean_text), which served contexts follow too."""
+    return clean_text(text, max_chars)

@@ -26,7 +26,7 @@ from fizzbot.data.formats import SourceUnit, expand_inputs
 from fizzbot.artifacts import prepared
 from fizzbot.artifacts.io import atomic_directory, atomic_write_text
 from fizzbot.errors import InputError
-from fizzbot.chat.speakers import SpeakerMap, build_speaker_map
+from fizzbot.chat.speakers import SpeakerMap, build_speaker_map, growth
 from fizzbot.data.stages import (
     LENGTH_BINS,
     ChannelStats,
@@ -136,6 +136,8 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
     """Run the whole preparation; raises InputError (naming file and line) on bad input."""
     started = time.perf_counter()
     settings = PrepareSettings.from_config(data)
+    # An earlier map to keep every assignment of (read before any work, so a bad path fails at once).
+    previous = SpeakerMap.load(prepared.find_speaker_map(data.speaker_map)) if data.speaker_map else None
     # Absolute paths: Ray workers run in the directory Ray was started from, not necessarily ours.
     sniff_errors: list[InputError] | None = [] if data.on_error == "skip" else None
     units: list[SourceUnit] = expand_inputs([str(Path(p).absolute()) for p in data.inputs], data.format, sniff_errors)
@@ -161,6 +163,10 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             error_count += result.error_count
             errors.extend(result.errors[: max(0, 20 - len(errors))])
         runs = [run for result in read_results for run in result.runs]
+        excluded = frozenset(a for result in read_results for a in result.excluded_authors)
+        unmatched = sorted(settings.exclude - {e for result in read_results for e in result.exclude_matched})
+        if unmatched:
+            _log(f"data.exclude_speakers: {len(unmatched)} name(s) match no author in these inputs: {', '.join(unmatched)}")
         if not runs:
             raise InputError(
                 "no messages left after cleaning (check data.format, data.drop_bots and the filters in stats)",
@@ -169,7 +175,7 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
 
         # Stage 2: merge each cluster of runs, drop floods, cut into segments and shards.
         clusters = plan_clusters(runs, settings.gap_seconds, settings.flood_window_seconds)
-        segment_results = run_stage("segment", segment_stage, clusters, use_ray=use_ray, settings=settings, work=work)
+        segment_results = run_stage("segment", segment_stage, clusters, use_ray=use_ray, settings=settings, work=work, excluded=excluded)
 
         # Reduction: the speaker map over the whole corpus, and the split.
         counts: Counter = Counter()
@@ -184,10 +190,11 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             channel_stats.dropped["flood"] += result.flood_dropped
             channel_stats.kept += result.kept
             channel_stats.segments += len(result.segment_sizes)
+            channel_stats.excluded += result.excluded
             lengths = [a + b for a, b in zip(lengths, result.lengths)]
         if not counts:
             raise InputError("no messages left after the flood filter", path=", ".join(data.inputs))
-        speaker_map = build_speaker_map(counts, {a: name for a, (_, name) in latest.items()}, data.max_speakers)
+        speaker_map = build_speaker_map(counts, {a: name for a, (_, name) in latest.items()}, data.max_speakers, previous, excluded)
         val_from = plan_split(segment_results, data.val_split, data.val_split_by, data.seed, data.val_jsonl is not None)
 
         # Stage 3: window every shard into examples.
@@ -201,6 +208,7 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             speaker_map=speaker_map,
             settings=settings,
             work=work,
+            excluded=excluded,
         )
         for result in window_results:
             for channel, n in result.train_by_channel.items():
@@ -220,10 +228,18 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         n_val = sum(s.val_examples for s in stats.values()) if not data.val_jsonl else _count_lines(staging / prepared.VAL_FILE)
         if n_train == 0:
             raise InputError(
-                "no training examples: every conversation is shorter than data.min_context_messages + 1",
+                "no training examples: every conversation is shorter than data.min_context_messages + 1 "
+                "(and data.openers is false, or every author is in data.exclude_speakers)",
                 path=", ".join(data.inputs),
             )
         stats_doc = _stats_document(data, units, formats, stats, speaker_map, counts, lengths, errors, error_count, n_train, n_val)
+        stats_doc["speakers"].update(_speaker_history(previous, speaker_map, data.speaker_map))
+        stats_doc["excluded"] = {
+            "mode": data.exclude_mode,
+            "authors": len(excluded),
+            "messages": sum(s.excluded for s in stats.values()),
+            "unmatched": unmatched,
+        }
         stats_doc["seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_text(staging / prepared.STATS_FILE, json.dumps(stats_doc, indent=2, ensure_ascii=False) + "\n")
         if report:
@@ -238,6 +254,13 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         f"{len(speaker_map.tokens)} speaker tokens; {seconds:.1f}s -> {output}"
     )
     return PrepareSummary(output, total_read, total_kept, n_train, n_val, len(speaker_map.tokens), len(stats), seconds, stats_doc)
+
+
+def _speaker_history(previous: SpeakerMap | None, speaker_map: SpeakerMap, source: str | None) -> dict:
+    """What a stable map (data.speaker_map) kept and added; a fresh map appends every speaker."""
+    if previous is None:
+        return {"previous_map": None, "kept": 0, "appended": len(speaker_map.speakers), "retired": 0}
+    return {"previous_map": source, **growth(previous, speaker_map)}
 
 
 def _window_task(task, **kwargs):
@@ -263,12 +286,13 @@ def _stats_document(data, units, formats, stats, speaker_map: SpeakerMap, counts
             "kept": sum(s.kept for s in stats.values()),
             "dropped": {reason: dropped.get(reason, 0) for reason in ChannelStats().to_json()["dropped"]},
             "segments": sum(s.segments for s in stats.values()),
+            "excluded": sum(s.excluded for s in stats.values()),
             "examples": {"train": n_train, "val": n_val},
         },
         "speakers": {
             "authors": len(counts),
             "tokens": len(speaker_map.tokens),
-            "with_own_token": len(speaker_map.speakers),
+            "with_own_token": sum(1 for s in speaker_map.speakers if not s.retired),
             "sharing_other_token": speaker_map.other_authors,
             "other_token": speaker_map.other_token,
         },

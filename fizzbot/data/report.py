@@ -15,7 +15,7 @@ def draw_report(stats: dict, speaker_map: SpeakerMap, path: Path, top: int = 25)
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
 
-    speakers = speaker_map.speakers[:top]
+    speakers = [s for s in speaker_map.speakers if not s.retired][:top]
     names = [f"{s.token} {s.username[:14]}" for s in speakers]
     values = [s.messages for s in speakers]
     if speaker_map.other_token:

@@ -48,6 +48,9 @@ class PrepareSettings:
     gap_seconds: float
     shard_messages: int
     window: WindowSettings
+    # data.exclude_speakers, case-folded (matched against author ids and usernames), and data.exclude_mode.
+    exclude: frozenset[str] = frozenset()
+    exclude_mode: str = "anonymize"
 
     @classmethod
     def from_config(cls, data) -> "PrepareSettings":
@@ -68,8 +71,18 @@ class PrepareSettings:
                 max_context=data.max_context_messages,
                 max_context_chars=data.max_context_chars,
                 seed=data.seed,
+                openers=data.openers,
             ),
+            exclude=frozenset(name.strip().casefold() for name in data.exclude_speakers),
+            exclude_mode=data.exclude_mode,
         )
+
+    def excludes(self, message: Message) -> str | None:
+        """The data.exclude_speakers entry (case-folded) that names this message's author, if any."""
+        for key in (message.author_id.casefold(), message.username.casefold()):
+            if key in self.exclude:
+                return key
+        return None
 
 
 # --- compact message storage between stages ----------------------------------------------------
@@ -106,6 +119,7 @@ class ChannelStats:
     segments: int = 0
     train_examples: int = 0
     val_examples: int = 0
+    excluded: int = 0  # messages by people who opted out (kept anonymous, or dropped)
 
     def merge(self, other: "ChannelStats") -> None:
         self.format = self.format or other.format
@@ -113,6 +127,7 @@ class ChannelStats:
         self.kept += other.kept
         self.dropped.update(other.dropped)
         self.segments += other.segments
+        self.excluded += other.excluded
         self.train_examples += other.train_examples
         self.val_examples += other.val_examples
 
@@ -123,6 +138,7 @@ class ChannelStats:
             "kept": self.kept,
             "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS},
             "segments": self.segments,
+            "excluded": self.excluded,
             "examples": {"train": self.train_examples, "val": self.val_examples},
         }
 
@@ -153,18 +169,29 @@ class ReadResult:
     stats: dict[str, ChannelStats]
     errors: list[dict]
     error_count: int
+    # Authors named by data.exclude_speakers (by id or by any username they wrote under here), and
+    # which entries matched: the driver joins them, so a rename between files cannot hide anyone.
+    excluded_authors: set[str] = field(default_factory=set)
+    exclude_matched: set[str] = field(default_factory=set)
 
 
 def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadResult:
     opts = ReadOptions(on_error=settings.on_error, irc_channel=settings.irc_channel, max_message_chars=settings.max_message_chars)
     by_channel: dict[str, list[Message]] = {}
     stats: dict[str, ChannelStats] = {}
+    excluded_authors: set[str] = set()
+    exclude_matched: set[str] = set()
     try:
         for message in read_unit(unit, opts):
             channel_stats = stats.get(message.channel)
             if channel_stats is None:
                 channel_stats = stats[message.channel] = ChannelStats(format=message.format)
             channel_stats.read += 1
+            if settings.exclude:
+                entry = settings.excludes(message)
+                if entry is not None:
+                    excluded_authors.add(message.author_id)
+                    exclude_matched.add(entry)
             reason = drop_reason(message, drop_bots=settings.drop_bots, bot_usernames=settings.bot_usernames)
             if reason is not None:
                 channel_stats.dropped[reason] += 1
@@ -185,7 +212,7 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
         _dump(path, [_as_tuple(m) for m in messages])
         runs.append(RunInfo(channel, str(path), len(messages), messages[0].ts, messages[-1].ts))
     errors = [e.to_dict() for e in opts.errors[:MAX_ERROR_SAMPLES]]
-    return ReadResult(unit.index, runs, stats, errors, len(opts.errors))
+    return ReadResult(unit.index, runs, stats, errors, len(opts.errors), excluded_authors, exclude_matched)
 
 
 # --- between stages 1 and 2: clusters ------------------------------------------------------------
@@ -246,11 +273,16 @@ class SegmentResult:
     flood_dropped: int
     kept: int
     lengths: list[int]
+    excluded: int = 0  # messages by excluded authors (anonymized: kept; dropped: gone before the flood filter)
 
 
-def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path) -> SegmentResult:
+def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path, excluded: frozenset[str] = frozenset()) -> SegmentResult:
+    """`excluded`: author ids of people who opted out (data.exclude_speakers, resolved by the driver)."""
     runs = [[_from_tuple(t) for t in _load(path)] for path in cluster.run_paths]
     messages = runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=Message.sort_key))
+    n_excluded = sum(1 for m in messages if m.author_id in excluded) if excluded else 0
+    if n_excluded and settings.exclude_mode == "drop":
+        messages = [m for m in messages if m.author_id not in excluded]
     flags = FloodFilter(settings.flood_min_authors, settings.flood_window_seconds, settings.flood_min_chars).flags(messages)
     kept = [m for m, flood in zip(messages, flags) if not flood]
     segments = split_segments(kept, settings.gap_seconds)
@@ -259,11 +291,13 @@ def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path) -> Se
     usernames: dict[str, tuple[float, str]] = {}
     lengths = [0] * (len(LENGTH_BINS) - 1)
     for message in kept:
+        lengths[bisect.bisect_right(LENGTH_BINS, len(message.content)) - 1] += 1
+        if message.author_id in excluded:
+            continue  # no count, no username: they get no speaker token
         counts[message.author_id] += 1
         seen = usernames.get(message.author_id)
         if seen is None or message.ts >= seen[0]:
             usernames[message.author_id] = (message.ts, message.username)
-        lengths[bisect.bisect_right(LENGTH_BINS, len(message.content)) - 1] += 1
 
     shards: list[ShardInfo] = []
     batch: list[list[Message]] = []
@@ -294,6 +328,7 @@ def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path) -> Se
         flood_dropped=sum(flags),
         kept=len(kept),
         lengths=lengths,
+        excluded=n_excluded,
     )
 
 
@@ -365,8 +400,10 @@ def window_stage(
     val_from: dict[str, int],
     settings: PrepareSettings,
     work: Path,
+    excluded: frozenset[str] = frozenset(),
 ) -> WindowResult:
-    """Examples of one shard as JSONL text."""
+    """Examples of one shard as JSONL text; `excluded` authors (opted out) are never targets and
+    speak under the others token where their messages were kept."""
     segments = [[_from_tuple(t) for t in seg] for seg in _load(shard.path)]
     stem = Path(shard.path).stem
     train_path = work / "parts" / f"{stem}.train.jsonl"
@@ -376,8 +413,9 @@ def window_stage(
     with open(train_path, "w", encoding="utf-8") as train_fh, open(val_path, "w", encoding="utf-8") as val_fh:
         for segment, sid in zip(segments, shard.segments):
             speaker = [speaker_map.token_for_author(m.author_id) for m in segment]
+            targets = [m.author_id not in excluded for m in segment] if excluded else None
             train_lines, val_lines = [], []
-            for is_val, line in window_segment_jsonl(segment, speaker, settings.window, val_from[sid]):
+            for is_val, line in window_segment_jsonl(segment, speaker, settings.window, val_from[sid], targets):
                 (val_lines if is_val else train_lines).append(line)
             if train_lines:
                 train_fh.write("\n".join(train_lines) + "\n")

@@ -1,10 +1,13 @@
 """Conversation segments and randomised context windows: the examples a model learns from.
 
 A segment is a channel's run of messages with no silence longer than the configured gap; nothing
-crosses a segment boundary. Every message of a segment (after the first `min_context_messages`) is a
-target once; its context is the k messages before it, k drawn uniformly from the configured bounds,
-then trimmed from the oldest end to the character budget. The draw is seeded by the segment's
-identity, not by the order work is done in, so any sharding gives the same examples.
+crosses a segment boundary. Every message of a segment is a target once: the first (the opener) with
+an empty context (with `openers`), the others from the `min_context_messages`-th on with the k
+messages before them as context, k drawn uniformly from the configured bounds, then trimmed from the
+oldest end to the character budget. The draw is seeded by the segment's identity, not by the order
+work is done in, so any sharding gives the same examples; openers and messages that may not be
+targets (people who opted out) draw nothing or draw and are skipped, so neither moves another
+target's window.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class WindowSettings:
     max_context: int
     max_context_chars: int
     seed: int
+    openers: bool = True  # the first message of a segment is a target with an empty context
 
 
 def split_segments(messages: list[Message], gap_seconds: float) -> list[list[Message]]:
@@ -48,14 +52,21 @@ def segment_id(segment: list[Message]) -> str:
     return f"{first.channel}@{first.ts:.3f}#{first.order}"
 
 
-def _windows(segment: list[Message], rendered: list[str], tokens: list[str], settings: WindowSettings) -> Iterator[tuple[int, int, str | None]]:
-    """(target index, context start, clipped context line or None) for every target of a segment."""
+def _windows(
+    segment: list[Message], rendered: list[str], tokens: list[str], settings: WindowSettings, targets: list[bool] | None
+) -> Iterator[tuple[int, int, str | None]]:
+    """(target index, context start, clipped context line or None) for every target of a segment;
+    `targets[i]` False: message i is context only."""
     rng = random.Random(f"{settings.seed}:{segment_id(segment)}")
     lo, span = settings.min_context, settings.max_context - settings.min_context + 1
     budget = settings.max_context_chars
     prefix = line_prefix(rendered)
+    if settings.openers and lo > 0 and segment and (targets is None or targets[0]):
+        yield 0, 0, None  # the opener: no draw, so the other targets' windows do not move
     for index in range(lo, len(segment)):
         k = min(lo + int(rng.random() * span), index)
+        if targets is not None and not targets[index]:
+            continue
         start = context_start(prefix, index, k, budget)
         clipped = None
         if index > start and prefix[index] - prefix[start] > budget:
@@ -68,14 +79,16 @@ def window_segment(
     tokens: list[str],
     settings: WindowSettings,
     val_from: int,
+    targets: list[bool] | None = None,
 ) -> Iterator[tuple[bool, dict]]:
     """(is_validation, example row) for every target of one segment.
 
     `tokens[i]` is the speaker token of `segment[i]`; targets at index >= `val_from` are validation
-    targets. Contexts only ever hold earlier messages of the same segment.
+    targets; `targets[i]` False keeps message i out of the targets. Contexts only ever hold earlier
+    messages of the same segment.
     """
     rendered = [render(token, message.content) for token, message in zip(tokens, segment)]
-    for index, start, clipped in _windows(segment, rendered, tokens, settings):
+    for index, start, clipped in _windows(segment, rendered, tokens, settings, targets):
         if clipped is None:
             context = "".join(line + "\n" for line in rendered[start:index])
         else:
@@ -96,6 +109,7 @@ def window_segment_jsonl(
     tokens: list[str],
     settings: WindowSettings,
     val_from: int,
+    targets: list[bool] | None = None,
 ) -> Iterator[tuple[bool, str]]:
     """The rows of `window_segment` as JSON lines, byte for byte what json.dumps writes for them.
 
@@ -106,7 +120,7 @@ def window_segment_jsonl(
     rendered = [render(token, message.content) for token, message in zip(tokens, segment)]
     pieces = [encode_basestring(line + "\n")[1:-1] for line in rendered]
     channel = encode_basestring(segment[0].channel)
-    for index, start, clipped in _windows(segment, rendered, tokens, settings):
+    for index, start, clipped in _windows(segment, rendered, tokens, settings, targets):
         if clipped is None:
             context = '"' + "".join(pieces[start:index]) + '"'
         else:

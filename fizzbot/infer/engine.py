@@ -402,8 +402,11 @@ class GenerationEngine:
         self.max_prompt_tokens = min(max_prompt_tokens, max_positions - 16)
         # What may be sampled where: speaker tokens only at a turn start; inside a message anything
         # but speaker tokens, pad, BOS and the embedding's spare rows.
+        # Retired tokens (people who opted out after an earlier map) are never spoken as.
+        speakable = torch.tensor(tokenizer.convert_tokens_to_ids(speaker_map.speakable_tokens), dtype=torch.long)
         self.speaker_allowed = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-        self.speaker_allowed[self.speaker_ids.to(self.device)] = True
+        self.speaker_allowed[speakable.to(self.device)] = True
+        self.n_speakable = len(speakable)
         never = [self.pad_id] + self.bos + [i for i in range(len(tokenizer), self.vocab)]
         self.message_allowed = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
         self.message_allowed[self.speaker_ids.to(self.device)] = False
@@ -426,7 +429,7 @@ class GenerationEngine:
 
     # --- tokens ------------------------------------------------------------------------------------
     def token_id(self, token: str) -> int:
-        if not SPEAKER_TOKEN_RE.fullmatch(token) or token not in self.speaker_map.tokens:
+        if not SPEAKER_TOKEN_RE.fullmatch(token) or token not in self.speaker_map.speakable_tokens:
             raise EngineError(f"unknown speaker token {token!r}")
         return self.tokenizer.convert_tokens_to_ids(token)
 
@@ -592,7 +595,7 @@ class GenerationEngine:
                 allowed[i, r.forbidden] = False
             if not r.params.eos_stop and self.eos_id is not None and r.phase == MESSAGE:
                 allowed[i, self.eos_id] = False
-        if any(r.phase == SPEAKER and len(set(r.forbidden)) >= len(self._speaker_set) for r in rows):
+        if any(r.phase == SPEAKER and len(set(r.forbidden)) >= self.n_speakable for r in rows):
             raise EngineError("every speaker is forbidden")
         penalties = [r.params.repetition_penalty if r.phase == MESSAGE else 1.0 for r in rows]
         penalty = torch.tensor(penalties, device=device)

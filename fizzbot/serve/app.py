@@ -7,6 +7,10 @@ Routes: POST /v1/generate, /v1/decode, /v1/completions, /v1/chat/completions (`s
 server-sent events), GET /v1/models, /healthz. Each replica runs one GenerationEngine whose
 continuous-batching loop lets concurrent requests share forward passes; admission control answers
 503 at once when `max_concurrent_requests + max_queued_requests` are already in flight.
+
+Message contexts are read by the checkpoint's own rules (fizzbot.chat.conversation.ChatRules: its
+context budget and opted-out people, and `serve.unknown_speakers`): a name the model has never seen
+takes the guest token, and the answer names it back where that is unambiguous.
 """
 
 import asyncio
@@ -24,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fizzbot.chat.conversation import Prompt
 from fizzbot.config import FizzbotConfig, ServeConfig, load_config
 
 logger = logging.getLogger("fizzbot.serve")
@@ -101,7 +106,7 @@ class ChatMessage(_Body):
 class ChatBody(_OpenAIBody):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = Field(None, ge=1)
-    speaker: str | None = Field(None, description="fizzbot extension: force who answers.")
+    speaker: str | None = Field(None, description="fizzbot extension: force who answers (and who earlier unnamed assistant turns were).")
 
 
 # --- the application ---------------------------------------------------------------------------------
@@ -159,6 +164,7 @@ class FizzbotServer:
     """One replica: a loaded checkpoint, its generation engine, and the HTTP routes."""
 
     def __init__(self, config: dict, model_dir: str):
+        from fizzbot.artifacts.loading import chat_rules
         from fizzbot.infer.engine import engine_from_checkpoint
 
         self.cfg = FizzbotConfig.model_validate(config)
@@ -175,6 +181,7 @@ class FizzbotServer:
             compile=g.compile,
             max_cache_len=g.max_cache_len,
         )
+        self.rules = chat_rules(model_dir, self.limits.unknown_speakers)
         self.engine.start()
         self.in_flight = 0
         self.created = int(time.time())
@@ -199,7 +206,21 @@ class FizzbotServer:
         if self.in_flight + count > capacity:
             raise APIError(503, f"server busy: {self.in_flight} requests in flight (limit {capacity}); retry later", "overloaded_error")
 
-    def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, speaker=None, forbid=(), stop=(), top_k=None):
+    def _speakers(self, speaker: str | None, forbid=()) -> tuple[str | None, str | None, tuple[str, ...]]:
+        """(token to force, the forced speaker's name where it takes the guest token, tokens to forbid)."""
+        from fizzbot.chat.conversation import speaker_to_force, tokens_to_forbid
+
+        smap = self.engine.speaker_map
+        try:
+            force, forced_guest = speaker_to_force(speaker, smap, self.rules) if speaker else (None, None)
+        except KeyError as exc:
+            raise APIError(400, str(exc.args[0]), param="speaker") from None
+        try:
+            return force, forced_guest, tokens_to_forbid(forbid, smap, self.rules)
+        except KeyError as exc:
+            raise APIError(400, str(exc.args[0]), param="forbid_speakers") from None
+
+    def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, force=None, forbidden=(), stop=(), top_k=None):
         from fizzbot.infer.engine import SamplingParams
 
         g, lim = self.cfg.generate, self.limits
@@ -207,12 +228,6 @@ class FizzbotServer:
             raise APIError(400, f"max_new_tokens {max_new_tokens} is over this server's limit of {lim.max_new_tokens}", param="max_new_tokens")
         if turns is not None and turns > lim.max_turns:
             raise APIError(400, f"turns {turns} is over this server's limit of {lim.max_turns}", param="turns")
-        smap = self.engine.speaker_map
-        try:
-            force = smap.resolve(speaker) if speaker else None
-            forbidden = tuple(smap.resolve(s) for s in forbid)
-        except KeyError as exc:
-            raise APIError(400, str(exc.args[0]), param="speaker") from None
         return SamplingParams(
             max_new_tokens=max_new_tokens or g.max_new_tokens,
             temperature=g.temperature if temperature is None else temperature,
@@ -227,11 +242,13 @@ class FizzbotServer:
             stop=tuple(stop),
         )
 
-    def _prompt_from_messages(self, messages: list[dict]) -> str:
-        from fizzbot.chat.conversation import encode_messages
+    def _prompt_from_messages(self, messages: list[dict]) -> Prompt:
+        """The checkpoint's rules: its message and character budget (what it was trained on), opted-out
+        people, unknown speakers under `serve.unknown_speakers`."""
+        from fizzbot.chat.conversation import encode_conversation
 
         try:
-            return encode_messages(messages, self.engine.speaker_map)
+            return encode_conversation(messages, self.engine.speaker_map, self.rules)
         except KeyError as exc:
             raise APIError(400, str(exc.args[0]), param="messages") from None
 
@@ -336,21 +353,25 @@ class FizzbotServer:
 
         self._authorize(request)
         if isinstance(body.context, str):
-            prompt = body.context
+            prompt = Prompt(body.context)
         else:
             prompt = self._prompt_from_messages([m.model_dump() for m in body.context])
+        force, forced_guest, forbidden = self._speakers(body.speaker, body.forbid_speakers)
         params = self._sampling(
             max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             repetition_penalty=body.repetition_penalty, turns=body.turns or self.cfg.generate.turns, seed=body.seed,
-            eos_stop=body.eos_stop, speaker=body.speaker, forbid=body.forbid_speakers,
+            eos_stop=body.eos_stop, force=force, forbidden=forbidden,
         )
         self._admit(1)
-        result = await self._run(prompt, params)
+        result = await self._run(prompt.text, params)
+        smap = self.engine.speaker_map
+        messages = decode(result.text, smap, prompt.speaker_names(smap, forced_guest), forced_guest)
         return {
             "raw": result.text,
-            "messages": [m.to_json() for m in decode(result.text, self.engine.speaker_map)],
+            "messages": [m.to_json() for m in messages],
             "finish_reason": result.finish_reason,
-            "dropped_messages": result.dropped_messages,
+            # Left out by the checkpoint's message/character budget, then by the token budget.
+            "dropped_messages": prompt.dropped + result.dropped_messages,
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }
 
@@ -398,36 +419,42 @@ class FizzbotServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatBody, request: Request):
-        from fizzbot.chat.render import split_messages
+        from fizzbot.chat.conversation import decode
 
         self._authorize(request)
         self._check_n(body.n)
         if body.stream and body.n > 1:
             raise APIError(400, "stream=true takes n=1", param="stream")
         context = []
-        for i, m in enumerate(body.messages):
+        for m in body.messages:
             if m.role in ("system", "developer", "tool"):
                 continue  # the model knows no instructions: only the channel's own messages count
-            if not m.name:
-                raise APIError(400, f"messages[{i}] has no name: give the speaker's username as `name`", param=f"messages.{i}.name")
-            context.append({"username": m.name, "content": m.content or ""})
+            name = m.name
+            if not name and m.role == "user":
+                name = self.limits.default_username
+            elif not name and m.role == "assistant":
+                # The model's own earlier turns: spoken by whom it is told to speak as.
+                name = body.speaker or self.limits.assistant_name
+            # Unnamed still: the guest token (an `anonymous` message).
+            context.append({"username": name, "content": m.content or "", "anonymous": not name})
         prompt = self._prompt_from_messages(context)
+        force, forced_guest, _ = self._speakers(body.speaker)
         max_tokens = body.max_completion_tokens or body.max_tokens
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
-        names = self.engine.speaker_map.token_to_username()
+        smap = self.engine.speaker_map
+        names = prompt.speaker_names(smap, forced_guest)
 
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, speaker=body.speaker, stop=body.stops)
+                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, force=force, stop=body.stops)
 
         def message_of(text: str) -> tuple[str | None, str]:
-            parts = split_messages(text)
-            if not parts:
+            decoded = decode(text, smap, names, forced_guest)
+            if not decoded:
                 return None, text.strip()
-            token, content = parts[0]
-            return names.get(token, token), content
+            return decoded[0].username, decoded[0].content
 
         if body.stream:
             params = params_for(0)
@@ -457,9 +484,9 @@ class FizzbotServer:
                         "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return self._stream(prompt, params, chunk, final)
+            return self._stream(prompt.text, params, chunk, final)
         self._admit(body.n)
-        results = await asyncio.gather(*(self._run(prompt, params_for(i)) for i in range(body.n)))
+        results = await asyncio.gather(*(self._run(prompt.text, params_for(i)) for i in range(body.n)))
         choices = []
         for i, r in enumerate(results):
             name, content = message_of(r.text)

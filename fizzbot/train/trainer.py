@@ -23,7 +23,7 @@ from fizzbot.artifacts.io import atomic_write_text
 from fizzbot.errors import InputError
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.artifacts import checkpoint as ckpt
-from fizzbot.artifacts.prepared import open_prepared
+from fizzbot.artifacts.prepared import context_settings, open_prepared
 
 
 def _log(message: str) -> None:
@@ -230,6 +230,9 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
     run_dir = run.local_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     data = resolve_data(cfg, run_dir)
+    # The run's config (and so every checkpoint's fizzbot.yaml) says how its data was windowed, which
+    # is how serving trims and anonymizes contexts: the prepared folder's own settings win.
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=context_settings(cfg.data.path))})
     # Rows are checked in the driver before anything reads them (the tiny BPE is trained on the
     # targets), so a row without a target is refused by file and line before any worker starts.
     from fizzbot.train.data import read_rows
