@@ -143,7 +143,7 @@ def plan_epoch(lengths: np.ndarray, plan: BatchPlan, epoch: int) -> list[np.ndar
     rng = np.random.default_rng([plan.seed, epoch])
     order = rng.permutation(len(lengths))
     if plan.pack_length is not None:
-        return _pack(order, lengths, plan)
+        return _pack(order, lengths, plan, rng)
     if not plan.bucketing:
         return _cut(order, lengths, plan)
     pool = plan.batch_size * plan.bucket_multiplier
@@ -173,38 +173,65 @@ def _cut(indices: np.ndarray, lengths: np.ndarray, plan: BatchPlan) -> list[np.n
     return batches
 
 
-def _pack(order: np.ndarray, lengths: np.ndarray, plan: BatchPlan) -> list[np.ndarray]:
-    """Micro-batches of packed sequences: rows, in the epoch's order, fill sequences of pack_length
-    tokens (the next row starts a new sequence when it does not fit), and consecutive sequences make a
-    micro-batch of max_tokens tokens. A micro-batch is the flat list of its rows; `collate_packed`
-    redoes the same greedy fill, so the plan stays one array of row indices per batch."""
+SEQUENCE_BREAK = -1  # in a packed batch's index array: the next rows start a new packed sequence
+
+
+def _pack(order: np.ndarray, lengths: np.ndarray, plan: BatchPlan, rng: np.random.Generator) -> list[np.ndarray]:
+    """Micro-batches of packed sequences, as index arrays with SEQUENCE_BREAK between sequences.
+
+    Rows are taken in the epoch's order, in pools of about 16 micro-batches of tokens; each pool is
+    packed best-fit decreasing (a row goes to the fullest sequence it still fits in), which leaves
+    only a few tokens of each pack_length empty. The sequences are shuffled (seeded, like the rows)
+    and grouped max_tokens // pack_length to a micro-batch.
+    """
+    import bisect
+
     per_batch = max(1, plan.max_tokens // plan.pack_length)
-    batches, current, sequences, used = [], [], 1, 0
-    for index in order:
-        size = int(lengths[index])
-        if used + size > plan.pack_length:
-            sequences, used = sequences + 1, 0
-            if sequences > per_batch:
-                batches.append(np.array(current))
-                current, sequences = [], 1
-        current.append(index)
-        used += size
-    if current:
-        batches.append(np.array(current))
+    pool_tokens = 16 * per_batch * plan.pack_length
+    sequences: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        end, tokens = start, 0
+        while end < len(order) and tokens < pool_tokens:
+            tokens += int(lengths[order[end]])
+            end += 1
+        pool = order[start:end]
+        pool = pool[np.argsort(-lengths[pool], kind="stable")]
+        rooms: list[tuple[int, int]] = []  # (room left, sequence number), sorted
+        packed: list[list[int]] = []
+        for index in pool:
+            size = int(lengths[index])
+            at = bisect.bisect_left(rooms, (size, -1))
+            if at < len(rooms):
+                room, number = rooms.pop(at)
+            else:
+                room, number = plan.pack_length, len(packed)
+                packed.append([])
+            packed[number].append(int(index))
+            bisect.insort(rooms, (room - size, number))
+        sequences.extend(packed)
+        start = end
+    shuffled = [sequences[i] for i in rng.permutation(len(sequences))]
+    batches = []
+    for first in range(0, len(shuffled), per_batch):
+        flat: list[int] = []
+        for sequence in shuffled[first : first + per_batch]:
+            if flat:
+                flat.append(SEQUENCE_BREAK)
+            flat.extend(sequence)
+        batches.append(np.array(flat, dtype=np.int64))
     return batches
 
 
-def sequences_of(lengths: list[int], pack_length: int) -> list[list[int]]:
-    """Positions (into `lengths`) of the rows in each packed sequence: the greedy fill `_pack` plans."""
-    sequences: list[list[int]] = [[]]
-    used = 0
-    for position, size in enumerate(lengths):
-        if sequences[-1] and used + size > pack_length:
-            sequences.append([])
-            used = 0
-        sequences[-1].append(position)
-        used += size
-    return sequences
+def sequences_of(indices: np.ndarray) -> list[np.ndarray]:
+    """The packed sequences of a packed batch's index array (split at SEQUENCE_BREAK)."""
+    parts = np.split(indices, np.flatnonzero(indices == SEQUENCE_BREAK))
+    return [part[part != SEQUENCE_BREAK] for part in parts if np.any(part != SEQUENCE_BREAK)]
+
+
+def rows_of(indices: np.ndarray) -> np.ndarray:
+    """The row indices of a batch (packed or not), without sequence breaks."""
+    return indices[indices != SEQUENCE_BREAK]
 
 
 def plan_evaluation(lengths: np.ndarray, batch_size: int, max_tokens: int | None, max_batches: int | None,
@@ -286,24 +313,25 @@ def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: 
 
 
 def collate_packed(rows: TokenizedRows, indices: np.ndarray, pad_id: int, pack_length: int) -> Batch:
-    """Rows packed end to end into sequences of pack_length tokens.
+    """Packed sequences of pack_length tokens, rows end to end (`_pack` decided which row goes where).
 
     Each row's positions restart at 0, which is how transformers tells packed rows apart (attention
     stays inside a row: a block-diagonal causal mask with sdpa, skipped blocks with flex attention).
     The label of each row's first token is masked, as in a padded batch (nothing before it in the row
     predicts it); a sequence's tail is padding, a row of its own that the loss ignores.
     """
-    seqs = [rows.row(int(i)) for i in indices]
-    packs = sequences_of([len(s) for s in seqs], pack_length)
+    packs = sequences_of(np.asarray(indices))
     input_ids = np.full((len(packs), pack_length), pad_id, dtype=np.int64)
     labels = np.full((len(packs), pack_length), IGNORE_INDEX, dtype=np.int64)
     positions = np.zeros((len(packs), pack_length), dtype=np.int64)
     real = target_tokens = 0
     for r, members in enumerate(packs):
         at = 0
-        for position in members:
-            seq, i = seqs[position], int(indices[position])
-            n, c = len(seq), int(rows.n_context[i])
+        for i in members:
+            seq = rows.row(int(i))
+            n, c = len(seq), int(rows.n_context[int(i)])
+            if at + n > pack_length:
+                raise ValueError(f"packed rows exceed training.pack_length ({pack_length})")
             input_ids[r, at : at + n] = seq
             positions[r, at : at + n] = np.arange(n)
             start = max(c, 1)
