@@ -16,10 +16,11 @@ import hashlib
 import os
 from pathlib import Path
 
-# The variables that locate and open a bucket; forwarded to Ray processes started before they were set.
-CLOUD_ENV_VARS = (
+# The variables that locate and open a bucket, and the cache: forwarded to Ray processes (workers,
+# replicas) that may have started before they were set.
+STORAGE_ENV_VARS = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS",
+    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS", "FIZZBOT_CACHE",
 )
 
 
@@ -31,9 +32,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("FIZZBOT_CACHE") or Path.home() / ".cache" / "fizzbot")
 
 
-def cloud_env() -> dict[str, str]:
-    """The cloud-storage variables set in this process (for Ray workers, tasks and replicas)."""
-    return {name: os.environ[name] for name in CLOUD_ENV_VARS if os.environ.get(name)}
+def storage_env() -> dict[str, str]:
+    """The storage variables set in this process (for Ray workers and replicas)."""
+    return {name: os.environ[name] for name in STORAGE_ENV_VARS if os.environ.get(name)}
 
 
 def filesystem(path: str | Path):

@@ -504,10 +504,10 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None):
     if "://" in model_dir:
         # Each replica fetches the checkpoint into its node's cache: it needs the bucket's credentials
         # and endpoint, which a Ray started before they were set would not hand it.
-        from fizzbot.ray_utils import cloud_runtime_env
+        from fizzbot.ray_utils import storage_runtime_env
 
-        if cloud_runtime_env():
-            options["ray_actor_options"]["runtime_env"] = cloud_runtime_env()
+        if storage_runtime_env():
+            options["ray_actor_options"]["runtime_env"] = storage_runtime_env()
     return FizzbotServer.options(**options).bind(cfg.model_dump(mode="json"), model_dir)
 
 

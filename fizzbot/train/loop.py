@@ -95,12 +95,13 @@ class Session:
 
 
 class RaySession(Session):
-    def __init__(self) -> None:
+    def __init__(self, run_location: str | None = None) -> None:
         import ray.train
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world = context.get_world_size()
+        self.run_location = run_location
 
     def device(self, use_gpu: bool) -> torch.device:
         if use_gpu:
@@ -128,9 +129,12 @@ class RaySession(Session):
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return contextlib.nullcontext(None)
-        return checkpoint.as_directory()
+        if checkpoint is not None:
+            return checkpoint.as_directory()
+        # A command killed after a checkpoint was written but before Ray Train recorded it in its
+        # snapshot: the newest complete checkpoint in the run folder (by its manifest) still counts.
+        found = ckpt.checkpoints_of(self.run_location) if self.run_location else []
+        return contextlib.nullcontext(ckpt.fetch_checkpoint(found[-1][1]) if found else None)
 
     def report(self, metrics: dict, folder: Path | None, name: str) -> None:
         import ray.train
@@ -748,4 +752,4 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point on every worker."""
     cfg = FizzbotConfig.model_validate(config["config"])
-    run_training(cfg, config["job"], RaySession())
+    run_training(cfg, config["job"], RaySession(config["job"].run_dir))

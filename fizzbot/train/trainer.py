@@ -234,7 +234,7 @@ def _fit_with_ray(cfg: FizzbotConfig, job, data: TrainingData, run: RunPaths) ->
     from fizzbot.train.loop import train_loop_per_worker
     from fizzbot.train.tokenize import tokenized_dataset
 
-    from fizzbot.ray_utils import cloud_runtime_env
+    from fizzbot.ray_utils import storage_runtime_env
 
     t = cfg.training
     datasets = {
@@ -256,7 +256,7 @@ def _fit_with_ray(cfg: FizzbotConfig, job, data: TrainingData, run: RunPaths) ->
             # The filesystem object carries a URI's endpoint and credentials to the controller and workers.
             storage_path=storage_path,
             storage_filesystem=fs,
-            worker_runtime_env=cloud_runtime_env(),
+            worker_runtime_env=storage_runtime_env(),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
