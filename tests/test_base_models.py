@@ -239,3 +239,45 @@ def test_the_fused_loss_multiplies_by_the_heads_effective_weight(tie):
     assert torch.allclose(head(hidden), hidden @ weight.T, atol=1e-5)
     assert weight.requires_grad  # gradients reach the trained rows through it
     assert not torch.equal(weight[95:98], head.token_adapter.base_layer.weight[95:98])
+
+
+@pytest.mark.parametrize("tie", ["true", "false"])
+def test_the_fused_loss_branch_gives_the_chunked_loss_and_gradients(prepared, tie):
+    """The objective's fused branch (Liger's kernel on a GPU) fed with an exact linear + cross-entropy
+    here: the same loss and the same gradients, chat-token rows included, as the chunked path."""
+    from fizzbot.config import load_config
+    from fizzbot.model.build import create_tiny_base, prepare_model
+    from fizzbot.model.tokenizer import add_chat_tokens
+
+    tokenizer = train_tiny_tokenizer(_tokenizer_texts(prepared / "train.jsonl"), 400)
+    speakers = SpeakerMap.load(prepared / "speaker_map.json").tokens
+    chat_ids = add_chat_tokens(tokenizer, speakers)
+    cfg = load_config(None, ["model.method=lora", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+                             "model.tiny.num_heads=2", "model.tiny.num_kv_heads=2", "model.tiny.intermediate_size=64",
+                             f"model.tiny.tie_word_embeddings={tie}"])
+    contexts, targets = read_rows(prepared / "val.jsonl")
+    rows = RowTokenizer(tokenizer, 128, tokenizer.convert_tokens_to_ids(speakers))(contexts[:12], targets[:12])
+    batch = collate(rows, np.arange(len(rows)), tokenizer.pad_token_id)
+
+    def exact(weight, hidden, targets):
+        return F.cross_entropy(hidden.float() @ weight.float().T, targets, reduction="sum")
+
+    results = []
+    import tempfile
+
+    base = create_tiny_base(cfg.model, tokenizer, Path(tempfile.mkdtemp()) / "base", seed=0)
+    for fused in (None, exact):
+        torch.manual_seed(0)
+        model = prepare_model(cfg.model, str(base), tokenizer, torch.device("cpu"), {}, chat_ids)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "trainable_tokens" in name:
+                    p += 0.01 * torch.randn_like(p)  # away from the zero init, so every gradient path counts
+        loss = TargetOnlyLM(model, fused_loss=fused)(batch.input_ids, batch.attention_mask, batch.labels)
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (fused_loss, fused_grads) = results
+    assert fused_loss == pytest.approx(plain, rel=1e-5)
+    assert plain_grads.keys() == fused_grads.keys() and any("trainable_tokens" in n for n in plain_grads)
+    for name in plain_grads:
+        assert torch.allclose(plain_grads[name], fused_grads[name], atol=1e-5, rtol=1e-4), name

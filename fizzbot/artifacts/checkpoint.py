@@ -133,14 +133,16 @@ def fetch_checkpoint(location: str | Path) -> Path:
     if not storage.is_uri(location):
         return Path(location)
     local = storage.cache_dir("checkpoints", str(location))
-    if is_complete(local):
-        return local
-    manifest = read_manifest(location)
-    if manifest is None or not is_complete(location):
-        raise FileNotFoundError(f"{location} is not a complete fizzbot checkpoint (no manifest, or files missing)")
-    storage.download(location, local, files=sorted(manifest["files"]) + [MANIFEST])
-    if not is_complete(local):
-        raise FileNotFoundError(f"{location}: the downloaded copy does not match its manifest (changed while copying?)")
+    # Several processes of a node (training workers, Serve replicas) may want the same copy at once.
+    with storage.file_lock(local):
+        if is_complete(local):
+            return local
+        manifest = read_manifest(location)
+        if manifest is None or not is_complete(location):
+            raise FileNotFoundError(f"{location} is not a complete fizzbot checkpoint (no manifest, or files missing)")
+        storage.download(location, local, files=sorted(manifest["files"]) + [MANIFEST])
+        if not is_complete(local):
+            raise FileNotFoundError(f"{location}: the downloaded copy does not match its manifest (changed while copying?)")
     return local
 
 

@@ -12,6 +12,7 @@ downloads go to a hidden partial folder and are renamed into place when complete
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -171,3 +172,17 @@ def cache_dir(kind: str, uri: str) -> Path:
     """A local folder for a copy of `uri`: readable name, and a hash so that two URIs never share one."""
     digest = hashlib.blake2b(uri.encode(), digest_size=6).hexdigest()
     return cache_root() / kind / f"{name_of(uri)}-{digest}"
+
+
+@contextlib.contextmanager
+def file_lock(target: Path):
+    """An exclusive lock (between processes of this machine) on making `target`."""
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
