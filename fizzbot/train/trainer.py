@@ -171,8 +171,8 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
         runs.pull_driver_files(run)
     _log(f"{'resuming' if resuming else 'starting'} run {run.location}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    if not resuming:
-        atomic_write_text(run_dir / RUN_RECORD, json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
+    # What the run's checkpoints depend on from now on (after run.resume=force, the new settings).
+    atomic_write_text(run_dir / RUN_RECORD, json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
 
     tokenizer = build_tokenizer(cfg, data, run_dir, base)
     runs.push_driver_files(run)  # a URI run: config, record and tokenizer beside the checkpoints from the start
