@@ -90,7 +90,10 @@ def peak_bf16(device: str) -> float:
     for _ in range(20):
         a @ b
     torch.cuda.synchronize()
-    return 20 * 2 * 8192**3 / (time.perf_counter() - start)
+    flops = 20 * 2 * 8192**3 / (time.perf_counter() - start)
+    del a, b
+    torch.cuda.empty_cache()
+    return flops
 
 
 def matmul_params(shape: dict) -> int:
@@ -129,6 +132,8 @@ def save_model(shape_name: str, device: str) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     model.save_pretrained(folder)
     del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the variants run in other processes: leave them the whole card
     return folder
 
 
@@ -392,10 +397,13 @@ def run_variant(command: list[str], timeout: float) -> dict:
                 print(line.rstrip(), flush=True)
         proc.wait()
         timer.cancel()
-        if found is not None:
-            return found
         errors.seek(0)
         text = errors.read()
+        for line in text.splitlines():
+            if line.startswith("[train]"):  # what fizzbot said about its kernels (applied, or why not)
+                print("  " + line, flush=True)
+        if found is not None:
+            return found
         print(text[-3000:], file=sys.stderr, flush=True)
         last = (text.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit {proc.returncode}: {last}"[:500] if proc.returncode != -9 else f"stopped after {timeout:.0f}s"}
