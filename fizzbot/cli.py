@@ -67,7 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, [f"run.resume={args.resume}"] if args.resume else None)
     from fizzbot.train.trainer import train
 
     result = train(cfg, use_ray=not args.no_ray)
@@ -89,11 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_dir(args: argparse.Namespace, cfg: FizzbotConfig) -> Path:
-    if getattr(args, "model_dir", None):
-        return Path(args.model_dir)
-    from fizzbot.artifacts.checkpoint import find_latest
+    """--model-dir or --latest (under run.dir), as a local folder: a URI is fetched into the cache."""
+    from fizzbot.artifacts.checkpoint import fetch_checkpoint, find_latest
 
-    return find_latest(cfg.run.dir)
+    where = args.model_dir if getattr(args, "model_dir", None) else find_latest(cfg.run.dir)
+    return fetch_checkpoint(where)
 
 
 def _read_context(path: str) -> list[dict] | str:
@@ -308,11 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="fine-tune on prepared data with Ray Train (LoRA, QLoRA, full)",
-        description="Train on data.path with Ray Train's TorchTrainer; writes run.dir/run.name/<timestamp>/ with "
-        "config, metrics.jsonl, TensorBoard events, loss_curves.png and checkpoint-<step>/ folders. The same "
-        "command with the same run.name resumes the newest unfinished run.",
+        description="Train on data.path with Ray Train's TorchTrainer; writes run.dir/run.name/<timestamp>/ (a folder "
+        "or a URI such as s3://bucket/runs) with config, metrics.jsonl, TensorBoard events, loss_curves.png and "
+        "checkpoint-<step>/ folders. The same command resumes the newest unfinished run of run.name when its "
+        "training settings and data are the same (--resume).",
     )
     p.add_argument("--no-ray", action="store_true", help="train in this one process, without Ray (debugging)")
+    p.add_argument(
+        "--resume", choices=["auto", "force", "never"],
+        help="auto: resume the newest unfinished run when its settings and data match (else a new run, saying "
+        "why); force: resume it anyway; never: a new run (default run.resume, auto)",
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -325,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         "generate.max_prompt_tokens; people in its data.exclude_speakers are anonymous or left out, never spoken as.",
     )
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint (under run.dir)")
-    where.add_argument("--model-dir", help="a checkpoint folder")
+    where.add_argument("--latest", action="store_true", help="the newest run's best complete checkpoint (under run.dir, a folder or a URI)")
+    where.add_argument("--model-dir", help="a checkpoint folder or URI")
     p.add_argument("--speaker", help="username or token of the prompt message's author (and yours with --interactive); "
                    "a name the model has never seen takes the guest token (generate.unknown_speakers=reject refuses it)")
     p.add_argument("--content", help="the prompt message")
@@ -357,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="text to decode (default: standard input)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--speaker-map", help="a speaker_map.json")
-    where.add_argument("--model-dir", help="a checkpoint folder (its speaker_map.json)")
+    where.add_argument("--model-dir", help="a checkpoint folder or URI (its speaker_map.json)")
     where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint")
     _add_config_args(p)
     p.set_defaults(func=cmd_decode)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -37,11 +37,14 @@ class DataConfig(Section):
     path: str = Field(
         "data/prepared",
         description="Training data: a prepared folder, or one JSONL of {context, target} rows "
-        "(the original tool's training_examples.jsonl, with speaker_map.json beside it).",
+        "(the original tool's training_examples.jsonl, with speaker_map.json beside it); a local path or a "
+        "URI pyarrow knows (s3://, gs://).",
     )
     val_split: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction held out for validation.")
     val_split_by: Literal["time", "channel"] = Field(
-        "time", description="`time`: the latest messages of each channel; `channel`: whole channels."
+        "time",
+        description="`time`: the latest messages of each channel (a single JSONL: its latest rows per channel, "
+        "by `ts`, else by line order); `channel`: whole channels.",
     )
     val_jsonl: str | None = Field(None, description="A JSONL of validation rows; replaces val_split when set.")
     openers: bool = Field(
@@ -147,9 +150,26 @@ class ModelConfig(Section):
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_double_quant: bool = True
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    vocab_multiple: int | Literal["auto"] = Field(
+        "auto",
+        description="When the chat tokens outgrow the embedding matrix, pad its rows to a multiple of this (tensor "
+        "cores like aligned shapes; the checkpoint records the size, and inference builds exactly it); "
+        "`auto`: 64 on GPU, 1 on CPU.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa",
+        description="Attention kernel. With training.packing, `flex_attention` (GPU) skips the blocks between "
+        "packed rows; `sdpa` masks them (correct everywhere, dense work).",
+    )
     trust_remote_code: bool = False
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+    @field_validator("vocab_multiple")
+    @classmethod
+    def _positive_multiple(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError("must be `auto` or a positive number of rows (1: no padding)")
+        return value
 
 
 class TrainingConfig(Section):
@@ -180,17 +200,34 @@ class TrainingConfig(Section):
     )
     bucket_size_multiplier: int = Field(16, ge=1, description="Rows sorted by length within pools of batch x this.")
     eval_steps: int = Field(50, ge=1)
-    eval_max_batches: int | None = Field(None, ge=1, description="Cap evaluation at this many batches per worker.")
+    eval_max_batches: int | None = Field(
+        None, ge=1,
+        description="Evaluate a fixed, seeded sample of validation rows spanning all lengths, as many as fill this "
+        "many batches per worker (batch_size rows and max_tokens_per_batch tokens each); unset: every row.",
+    )
     save_steps: int = Field(100, ge=1)
     log_steps: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="Best checkpoints kept, by validation loss.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint.")
     seed: int = 0
     deepspeed: bool = Field(False, description="DeepSpeed ZeRO (GPU only).")
-    zero_stage: Literal[1, 2, 3] = 2
+    zero_stage: Literal[1, 2, 3] = Field(2, description="ZeRO stage 1 (optimizer state) or 2 (and gradients); 3 is refused.")
     compile: bool = Field(False, description="torch.compile the model (GPU).")
     chunked_loss: bool = Field(
         True, description="Compute the loss only at target positions, never materialising full-vocabulary logits."
+    )
+    fused_kernels: bool = Field(
+        False,
+        description="Liger-Kernel's fused RMSNorm, RoPE, SwiGLU and linear + cross-entropy over the target positions "
+        "(GPU, `pip install fizzbot[gpu]`); without a GPU or Liger the plain path runs, with one log line.",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack whole rows into sequences of pack_length tokens (attention kept within each row) and "
+        "micro-batches of max_tokens_per_batch tokens, instead of padded length buckets.",
+    )
+    pack_length: int = Field(
+        4096, ge=64, description="Tokens per packed sequence (with training.packing); at least max_seq_len."
     )
 
     @model_validator(mode="after")
@@ -200,13 +237,52 @@ class TrainingConfig(Section):
                 "training.deepspeed needs training.use_gpu=true; DeepSpeed ZeRO runs on GPUs only "
                 "(set training.deepspeed=false to train on CPU)"
             )
+        if self.deepspeed and self.zero_stage == 3:
+            # Under ZeRO-3 every rank holds a shard of each weight: rank 0's save_pretrained would write
+            # partitioned (empty) tensors. Gathering them is not tested, so the stage is refused.
+            raise ValueError(
+                "training.zero_stage=3 is not supported: checkpoints would hold rank 0's partitions of the "
+                "weights, not the weights; use training.zero_stage=2 (optimizer state and gradients sharded)"
+            )
+        if self.packing:
+            if self.max_tokens_per_batch is None:
+                raise ValueError(
+                    "training.packing needs training.max_tokens_per_batch (the tokens of one micro-batch of packed "
+                    "sequences); set it, e.g. training.max_tokens_per_batch=16384"
+                )
+            if self.pack_length < self.max_seq_len:
+                raise ValueError(
+                    f"training.pack_length ({self.pack_length}) is shorter than training.max_seq_len "
+                    f"({self.max_seq_len}): a row must fit in one packed sequence; raise pack_length"
+                )
+            if self.pack_length > self.max_tokens_per_batch:
+                raise ValueError(
+                    f"training.pack_length ({self.pack_length}) is larger than training.max_tokens_per_batch "
+                    f"({self.max_tokens_per_batch}); lower pack_length or raise max_tokens_per_batch"
+                )
         return self
+
+
+ResumeMode = Literal["auto", "force", "never"]
 
 
 class RunConfig(Section):
     name: str = Field("fizzbot", pattern=r"^[A-Za-z0-9_.-]+$", description="Runs go to <run.dir>/<run.name>/<timestamp>/.")
-    dir: str = Field("runs", description="Where runs live: a local path or a URI Ray Train accepts (s3://, gs://).")
-    resume: bool = Field(True, description="Resume the newest unfinished run of this name instead of starting anew.")
+    dir: str = Field("runs", description="Where runs live: a local path or a URI pyarrow knows (s3://, gs://).")
+    resume: ResumeMode = Field(
+        "auto",
+        description="`auto`: resume the newest unfinished run of this name when its training settings and data "
+        "match, else start a new run (saying why); `force`: resume it whatever changed (new settings apply, the "
+        "data position restarts if the data changed); `never`: always a new run.",
+    )
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume_from_bool(cls, value):
+        # Configs written before the three modes said `resume: true/false`.
+        if isinstance(value, bool):
+            return "auto" if value else "never"
+        return value
 
 
 class GenerateConfig(Section):
@@ -243,7 +319,11 @@ class AutoscalingConfig(Section):
 
 
 class ServeConfig(Section):
-    model_dir: str | None = Field(None, description="Checkpoint to serve; unset means the newest run's best.")
+    model_dir: str | None = Field(
+        None,
+        description="Checkpoint to serve: a folder or a URI (s3://..., fetched by each replica into a local cache "
+        "and checked against its manifest); unset means the newest run's best under run.dir.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="When set, every route but /healthz needs `Authorization: Bearer <key>`.")

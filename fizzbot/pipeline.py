@@ -22,7 +22,7 @@ def stage(title: str) -> None:
 class PipelineResult:
     prepared: Path
     run_dir: Path
-    checkpoint: Path
+    checkpoint: str | Path  # a folder, or a URI when run.dir is one
     url: str | None
     conversation: list[dict]
     seconds: dict

@@ -42,3 +42,15 @@ def quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.op_resource_reservation_enabled = False
     ctx.execution_options.preserve_order = True
+
+
+def storage_runtime_env() -> dict:
+    """A runtime env that hands this process's storage variables (AWS_*, FIZZBOT_CACHE, ...) to Ray workers.
+
+    Ray processes started before the variables were set (a long-lived cluster, a test session) would
+    not see them; on a cluster whose nodes hold their own credentials there is nothing to forward.
+    """
+    from fizzbot.artifacts.storage import storage_env
+
+    env = storage_env()
+    return {"env_vars": env} if env else {}

@@ -1,4 +1,5 @@
-"""Ray job: train on prepared data (Ray Train TorchTrainer); resumes the newest unfinished run of run.name.
+"""Ray job: train on prepared data (Ray Train TorchTrainer); resumes the newest unfinished run of run.name
+when its training settings and data match (run.resume).
 
     ray job submit --working-dir . -- python jobs/train.py --config configs/train_gpu_qlora.yaml
 """

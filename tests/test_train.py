@@ -695,6 +695,8 @@ def test_two_ray_workers_write_checkpoints_and_keep_the_best(ray_killed_run):
         assert manifest["step"] == step and manifest["method"] == "full"
         assert {"model.safetensors", ckpt.TRAINING_STATE, ckpt.CONFIG_FILE, ckpt.SPEAKER_MAP, "tokenizer.json"} <= set(manifest["files"])
         assert (folder / "rng-rank0.pt").is_file() and (folder / "rng-rank1.pt").is_file()  # both workers' parts
+        # The manifest, written last, covers every worker's files, not only rank 0's.
+        assert {"rng-rank0.pt", "rng-rank1.pt"} <= set(manifest["files"]) and manifest["world"] == 2
     # Best 2 by validation loss (the last evaluation of each saved step), and always the latest.
     val = {m["step"]: m["val_loss"] for m in metrics if m["kind"] == "eval"}
     saved = range(3, ray_killed_run.max_steps + 1, 3)

@@ -4,8 +4,9 @@ A checkpoint folder is self-contained: the weights (full model, or the LoRA adap
 chat-token rows) in safetensors, the tokenizer with the speaker tokens, speaker_map.json, the
 resolved config (fizzbot.yaml), and what resuming needs (training_state.pt: optimizer, scheduler,
 step, data position; rng-rank<r>.pt per worker). `fizzbot_checkpoint.json`, the manifest, is written
-last and lists every file with its size: a folder whose manifest is missing or disagrees with the
-files on disk is incomplete and never taken as the latest.
+last and lists every worker's files with their sizes: a folder whose manifest is missing or disagrees
+with the files in storage is incomplete and never taken as the latest. Runs may live in a local
+folder or under a URI (`storage`); `fetch_checkpoint` brings a remote checkpoint into a local cache.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+from fizzbot.artifacts import storage
 from fizzbot.artifacts.io import atomic_write_text, is_partial
 from fizzbot.artifacts.prepared import SPEAKER_MAP  # noqa: F401  (a checkpoint carries its speaker map under the same name)
 
@@ -26,51 +28,68 @@ COMPLETED = "COMPLETED"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def write_manifest(folder: Path, info: dict) -> None:
-    files = {
+def checkpoint_files(folder: Path) -> dict[str, int]:
+    """The files of a local checkpoint folder (its part written by one worker), with their sizes."""
+    return {
         str(p.relative_to(folder)): p.stat().st_size
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
+
+
+def merge_rank_files(parts: list[dict[str, int]]) -> dict[str, int]:
+    """One file list from every worker's part of a checkpoint (Ray Train merges the folders).
+
+    Two workers writing the same name with different sizes would overwrite each other in storage:
+    that is a bug, refused here rather than found at load time.
+    """
+    merged: dict[str, int] = {}
+    for rank, files in enumerate(parts):
+        for name, size in files.items():
+            if name in merged and merged[name] != size:
+                raise ValueError(f"checkpoint file {name} is written by two workers with different sizes (rank {rank})")
+            merged[name] = size
+    return dict(sorted(merged.items()))
+
+
+def write_manifest(folder: Path, info: dict, files: dict[str, int] | None = None) -> None:
+    """The manifest, written last: `files` lists every worker's files (default: this folder's)."""
+    files = checkpoint_files(folder) if files is None else files
     atomic_write_text(folder / MANIFEST, json.dumps({**info, "files": files}, indent=2) + "\n")
 
 
 def read_manifest(folder: str | Path) -> dict | None:
-    path = Path(folder) / MANIFEST
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(storage.read_text(storage.join(folder, MANIFEST)))
+    except (OSError, FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
 def is_complete(folder: str | Path) -> bool:
-    folder = Path(folder)
-    if is_partial(folder):
+    """A manifest whose files are all there with their sizes (local folder or URI)."""
+    if not storage.is_uri(folder) and is_partial(folder):
         return False
     manifest = read_manifest(folder)
     if manifest is None:
         return False
-    for name, size in manifest.get("files", {}).items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
+    present = storage.file_sizes(folder)
+    return all(present.get(name) == size for name, size in manifest.get("files", {}).items())
 
 
-def checkpoints_of(run_dir: str | Path) -> list[tuple[int, Path, dict]]:
-    """Complete checkpoints of one run, by step."""
+def checkpoints_of(run_dir: str | Path) -> list[tuple[int, str | Path, dict]]:
+    """Complete checkpoints of one run (a local folder, as Paths, or a URI, as strings), by step."""
     found = []
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return found
-    for child in run_dir.iterdir():
-        match = CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and is_complete(child):
+    for name in storage.list_dirs(run_dir):
+        match = CHECKPOINT_RE.match(name)
+        if not match:
+            continue
+        child = storage.join(run_dir, name)
+        if is_complete(child):
             found.append((int(match.group(1)), child, read_manifest(child)))
     return sorted(found, key=lambda item: item[0])
 
 
-def best_checkpoint(run_dir: str | Path) -> Path | None:
+def best_checkpoint(run_dir: str | Path) -> str | Path | None:
     """The complete checkpoint with the lowest validation loss (the latest where none has one)."""
     found = checkpoints_of(run_dir)
     if not found:
@@ -81,22 +100,50 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1]
 
 
-def run_dirs(runs_root: str | Path, name: str | None = None) -> list[Path]:
+def run_dirs(runs_root: str | Path, name: str | None = None) -> list[str | Path]:
     """Run folders (`<root>/<name>/<timestamp>/`), oldest first by timestamp name."""
-    root = Path(runs_root)
-    names = [root / name] if name else [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    found = [run for parent in names if parent.is_dir() for run in parent.iterdir() if run.is_dir() and not run.name.startswith(".")]
-    return sorted(found, key=lambda p: (p.name, str(p)))
+    parents = [name] if name else [n for n in storage.list_dirs(runs_root) if not n.startswith(".")]
+    found = [
+        (run, storage.join(runs_root, parent, run))
+        for parent in parents
+        for run in storage.list_dirs(storage.join(runs_root, parent))
+        if not run.startswith(".")
+    ]
+    return [path for _, path in sorted(found, key=lambda item: (item[0], str(item[1])))]
 
 
-def find_latest(runs_root: str | Path = "runs", name: str | None = None) -> Path:
-    """`--latest`: the newest run that has a complete checkpoint, and its best checkpoint."""
+def find_latest(runs_root: str | Path = "runs", name: str | None = None) -> str | Path:
+    """`--latest`: the newest run that has a complete checkpoint, and its best checkpoint (a local
+    folder, or a URI when `runs_root` is one: `fetch_checkpoint` brings it here)."""
     for run in reversed(run_dirs(runs_root, name)):
         best = best_checkpoint(run)
         if best is not None:
             return best
     where = f"{runs_root}/{name}" if name else str(runs_root)
     raise FileNotFoundError(f"no complete checkpoint under {where}/ (train first: fizzbot train --config ...)")
+
+
+def fetch_checkpoint(location: str | Path) -> Path:
+    """A checkpoint as a local folder: a local path as it is; a URI copied into the local cache.
+
+    Only a complete checkpoint (manifest and files agree) is copied, and only the files its manifest
+    lists; the copy is checked against the manifest again, so a half-uploaded or torn checkpoint is
+    refused, and a cached copy is reused only when it is complete.
+    """
+    if not storage.is_uri(location):
+        return Path(location)
+    local = storage.cache_dir("checkpoints", str(location))
+    # Several processes of a node (training workers, Serve replicas) may want the same copy at once.
+    with storage.file_lock(local):
+        if is_complete(local):
+            return local
+        manifest = read_manifest(location)
+        if manifest is None or not is_complete(location):
+            raise FileNotFoundError(f"{location} is not a complete fizzbot checkpoint (no manifest, or files missing)")
+        storage.download(location, local, files=sorted(manifest["files"]) + [MANIFEST])
+        if not is_complete(local):
+            raise FileNotFoundError(f"{location}: the downloaded copy does not match its manifest (changed while copying?)")
+    return local
 
 
 def copy_tree(src: Path, dst: Path) -> None:

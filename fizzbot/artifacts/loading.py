@@ -14,12 +14,14 @@ from fizzbot.chat.speakers import SpeakerMap
 
 
 def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer_model: str | None = None, dtype: torch.dtype | None = None):
-    """(model, tokenizer, speaker map) from a checkpoint: full weights, or an adapter merged onto its base."""
+    """(model, tokenizer, speaker map) from a checkpoint (a folder, or a URI fetched into the local
+    cache): full weights, or an adapter merged onto its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fizzbot.model.build import fit_embeddings
     from fizzbot.model.tokenizer import check_chat_tokens
 
-    folder = Path(model_dir)
+    folder = ckpt.fetch_checkpoint(model_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"model directory {folder} does not exist")
     map_path = folder / ckpt.SPEAKER_MAP
@@ -41,8 +43,15 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
         adapter = json.loads((folder / "adapter_config.json").read_text())
         base = folder / ckpt.BASE_DIR if (folder / ckpt.BASE_DIR).is_dir() else adapter.get("base_model_name_or_path")
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        manifest = ckpt.read_manifest(folder) or {}
+        if manifest.get("embedding_rows"):
+            # The base as training built it, row for row: the embedding size it trained with (GPU
+            # training pads it to a multiple of 64) and the same starting rows for fizzbot's tokens.
+            names = {s.token: s.username for s in speaker_map.speakers}  # as training's build_model
+            base_tokens = manifest.get("base_tokens") or len(tokenizer)
+            fit_embeddings(model, tokenizer, manifest["embedding_rows"], base_tokens, names)
+        elif model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # a checkpoint from before the manifest said
         # Merged into the (unquantised) base weights: one matrix per layer, no adapter cost per token.
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     else:

@@ -134,17 +134,16 @@ class SpeakerMap:
         more = f" (and {len(live) - limit} more)" if len(live) > limit else ""
         return ", ".join(live[:limit]) + more
 
-    def diff(self, other: "SpeakerMap") -> str | None:
+    def diff(self, other: "SpeakerMap", here: str = "here", there: str = "there") -> str | None:
         """None when both maps give every token the same meaning (the same author id, the others
-        token, a retired slot); otherwise what differs, in one line. Usernames and counts may differ."""
+        token, a retired slot); otherwise what differs, in one line ("<S1> is author 'u2' (bob) in the
+        checkpoint but missing in the data"). Usernames and counts may differ."""
         mine, theirs = self._meanings(), other._meanings()
         differences = []
         for token in sorted(set(mine) | set(theirs), key=speaker_index):
             a, b = mine.get(token), theirs.get(token)
             if (a and a[0]) != (b and b[0]):
-                here = a[1] if a else "missing"
-                there = b[1] if b else "missing"
-                differences.append(f"{token} is {here} here but {there} there")
+                differences.append(f"{token} is {a[1] if a else 'missing'} {here} but {b[1] if b else 'missing'} {there}")
         if not differences:
             return None
         shown = "; ".join(differences[:5])

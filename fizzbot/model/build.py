@@ -108,30 +108,55 @@ def is_tied(model) -> bool:
     return out is not None and inp.weight.data_ptr() == out.weight.data_ptr()
 
 
-@torch.no_grad()
-def init_new_rows(model, tokenizer, old_vocab: int, speaker_names: dict[str, str]) -> None:
-    """New token rows start from meaningful points, not noise.
+def vocab_multiple(cfg: ModelConfig, device: torch.device) -> int:
+    """The padding rule's multiple: `auto` is 64 on CUDA (tensor cores like aligned shapes), 1 elsewhere."""
+    if cfg.vocab_multiple == "auto":
+        return 64 if device.type == "cuda" else 1
+    return cfg.vocab_multiple
 
-    A speaker token starts at the mean embedding of its username's tokens (a prior that differs per
-    speaker); <EOT> and anything else at the mean of the existing rows. Output rows (untied heads)
-    get the same treatment from the output matrix.
+
+def embedding_rows(tokens: int, current_rows: int, multiple: int = 1) -> int:
+    """Rows the embedding matrix needs for a tokenizer of `tokens` ids: the matrix as it is when the
+    tokens fit (spare rows included), else `tokens` rounded up to `multiple`."""
+    if tokens <= current_rows:
+        return current_rows
+    return -(-tokens // multiple) * multiple
+
+
+@torch.no_grad()
+def fit_embeddings(model, tokenizer, rows: int, base_tokens: int, speaker_names: dict[str, str]) -> None:
+    """Give the model `rows` embedding rows, and meaningful rows to the tokens its base never trained.
+
+    The tokens fizzbot added (ids from `base_tokens` up: the speaker tokens, <EOT>, a pad token) start
+    from meaningful points, not noise, whether they took rows the resize created or spare rows the
+    base already had (Qwen2.5 has 151,936 rows for 151,665 tokens): a speaker token at the mean
+    embedding of its username's tokens (a prior that differs per speaker), the others at the mean of
+    the trained rows. Rows past the tokenizer that the resize created are zero (never used). Output
+    rows of an untied head get the same treatment from the output matrix.
+
+    Training and inference both call this with the sizes the checkpoint records, so the base an
+    adapter is loaded onto is the base it was trained on, row for row.
     """
-    new_vocab = len(tokenizer)
-    if new_vocab <= old_vocab:
-        return
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if rows != old_rows:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+    tokens = len(tokenizer)
+    known = min(base_tokens, old_rows)
     matrices = [model.get_input_embeddings().weight]
     if not is_tied(model) and model.get_output_embeddings() is not None:
         matrices.append(model.get_output_embeddings().weight)
     for weight in matrices:
-        if weight.shape[0] < new_vocab:
+        if weight.shape[0] > max(old_rows, tokens):
+            weight[max(old_rows, tokens):] = 0
+        if known >= tokens:
             continue
-        mean = weight[:old_vocab].float().mean(dim=0)
-        for token_id in range(old_vocab, new_vocab):
+        mean = weight[:known].float().mean(dim=0)
+        for token_id in range(known, tokens):
             token = tokenizer.convert_ids_to_tokens(token_id)
             row = mean
             name = speaker_names.get(token)
             if name:
-                ids = [i for i in tokenizer(name, add_special_tokens=False)["input_ids"] if i < old_vocab]
+                ids = [i for i in tokenizer(name, add_special_tokens=False)["input_ids"] if i < known]
                 if ids:
                     row = weight[ids].float().mean(dim=0)
             weight[token_id] = row.to(weight.dtype)
@@ -161,16 +186,23 @@ def load_base(cfg: ModelConfig, base_path: str, device: torch.device, quantize: 
     return model
 
 
-def prepare_model(cfg: ModelConfig, base_path: str, tokenizer, device: torch.device, speaker_names: dict[str, str], chat_token_ids: list[int], gradient_checkpointing: bool | None = None):
-    """The model ready to train: base loaded, embeddings resized and initialised, method applied."""
+def prepare_model(cfg: ModelConfig, base_path: str, tokenizer, device: torch.device, speaker_names: dict[str, str],
+                  chat_token_ids: list[int], gradient_checkpointing: bool | None = None, base_tokens: int | None = None,
+                  fused_kernels: bool = False):
+    """The model ready to train: base loaded, embeddings sized and initialised, method applied.
+
+    `base_tokens` is the size of the base's own tokenizer (the ids past it are fizzbot's chat tokens);
+    None means every id is the base's own (the built-in tiny model, built with the chat tokens).
+    """
     quantize = cfg.method == "qlora"
     model = load_base(cfg, base_path, device, quantize)
-    old_vocab = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old_vocab:
-        # Pad the matrix to a multiple of 64: tensor cores like aligned shapes; spare rows are never used.
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64 if device.type == "cuda" else None, mean_resizing=False)
-        init_new_rows(model, tokenizer, old_vocab, speaker_names)
+    rows = embedding_rows(len(tokenizer), model.get_input_embeddings().weight.shape[0], vocab_multiple(cfg, device))
+    fit_embeddings(model, tokenizer, rows, len(tokenizer) if base_tokens is None else base_tokens, speaker_names)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if fused_kernels:
+        from fizzbot.model.kernels import apply_fused_kernels
+
+        apply_fused_kernels(model, device)
     checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if cfg.method == "full":
         if checkpointing:

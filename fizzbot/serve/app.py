@@ -148,14 +148,22 @@ def _finish(result) -> str:
 
 
 def resolve_model_dir(cfg: FizzbotConfig) -> str:
+    """The checkpoint to serve: serve.model_dir (a folder, or a URI each replica fetches), else the
+    newest run's best complete checkpoint under run.dir (a folder or a URI)."""
+    from fizzbot.artifacts import checkpoint as ckpt
+    from fizzbot.artifacts import storage
+
     if cfg.serve.model_dir:
+        if storage.is_uri(cfg.serve.model_dir):
+            if not ckpt.is_complete(cfg.serve.model_dir):
+                raise FileNotFoundError(f"serve.model_dir={cfg.serve.model_dir}: not a complete fizzbot checkpoint (no manifest, or files missing)")
+            return cfg.serve.model_dir
         path = Path(cfg.serve.model_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"serve.model_dir={cfg.serve.model_dir}: no such folder")
         return str(path.resolve())
-    from fizzbot.artifacts.checkpoint import find_latest
-
-    return str(find_latest(cfg.run.dir).resolve())
+    latest = ckpt.find_latest(cfg.run.dir)
+    return latest if storage.is_uri(latest) else str(Path(latest).resolve())
 
 
 @serve.deployment(name="fizzbot", health_check_period_s=10, health_check_timeout_s=30)
@@ -519,7 +527,15 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None):
         options["autoscaling_config"] = s.autoscaling.model_dump()
     else:
         options["num_replicas"] = s.num_replicas
-    return FizzbotServer.options(**options).bind(cfg.model_dump(mode="json"), model_dir or resolve_model_dir(cfg))
+    model_dir = model_dir or resolve_model_dir(cfg)
+    if "://" in model_dir:
+        # Each replica fetches the checkpoint into its node's cache: it needs the bucket's credentials
+        # and endpoint, which a Ray started before they were set would not hand it.
+        from fizzbot.ray_utils import storage_runtime_env
+
+        if storage_runtime_env():
+            options["ray_actor_options"]["runtime_env"] = storage_runtime_env()
+    return FizzbotServer.options(**options).bind(cfg.model_dump(mode="json"), model_dir)
 
 
 class AppArgs(BaseModel):

@@ -135,12 +135,15 @@ class BatchPlan:
     bucket_multiplier: int
     bucketing: bool
     seed: int
+    pack_length: int | None = None  # packing: whole rows in sequences of this many tokens
 
 
 def plan_epoch(lengths: np.ndarray, plan: BatchPlan, epoch: int) -> list[np.ndarray]:
     """The epoch's batches (arrays of row indices), same on every worker for the same seed and epoch."""
     rng = np.random.default_rng([plan.seed, epoch])
     order = rng.permutation(len(lengths))
+    if plan.pack_length is not None:
+        return _pack(order, lengths, plan, rng)
     if not plan.bucketing:
         return _cut(order, lengths, plan)
     pool = plan.batch_size * plan.bucket_multiplier
@@ -170,14 +173,115 @@ def _cut(indices: np.ndarray, lengths: np.ndarray, plan: BatchPlan) -> list[np.n
     return batches
 
 
+SEQUENCE_BREAK = -1  # in a packed batch's index array: the next rows start a new packed sequence
+
+
+def _pack(order: np.ndarray, lengths: np.ndarray, plan: BatchPlan, rng: np.random.Generator) -> list[np.ndarray]:
+    """Micro-batches of packed sequences, as index arrays with SEQUENCE_BREAK between sequences.
+
+    Rows are taken in the epoch's order, in pools of about 16 micro-batches of tokens; each pool is
+    packed best-fit decreasing (a row goes to the fullest sequence it still fits in), which leaves
+    only a few tokens of each pack_length empty. The sequences are shuffled (seeded, like the rows)
+    and grouped max_tokens // pack_length to a micro-batch.
+    """
+    import bisect
+
+    per_batch = max(1, plan.max_tokens // plan.pack_length)
+    pool_tokens = 16 * per_batch * plan.pack_length
+    sequences: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        end, tokens = start, 0
+        while end < len(order) and tokens < pool_tokens:
+            tokens += int(lengths[order[end]])
+            end += 1
+        pool = order[start:end]
+        pool = pool[np.argsort(-lengths[pool], kind="stable")]
+        rooms: list[tuple[int, int]] = []  # (room left, sequence number), sorted
+        packed: list[list[int]] = []
+        for index in pool:
+            size = int(lengths[index])
+            at = bisect.bisect_left(rooms, (size, -1))
+            if at < len(rooms):
+                room, number = rooms.pop(at)
+            else:
+                room, number = plan.pack_length, len(packed)
+                packed.append([])
+            packed[number].append(int(index))
+            bisect.insort(rooms, (room - size, number))
+        sequences.extend(packed)
+        start = end
+    shuffled = [sequences[i] for i in rng.permutation(len(sequences))]
+    batches = []
+    for first in range(0, len(shuffled), per_batch):
+        flat: list[int] = []
+        for sequence in shuffled[first : first + per_batch]:
+            if flat:
+                flat.append(SEQUENCE_BREAK)
+            flat.extend(sequence)
+        batches.append(np.array(flat, dtype=np.int64))
+    return batches
+
+
+def sequences_of(indices: np.ndarray) -> list[np.ndarray]:
+    """The packed sequences of a packed batch's index array (split at SEQUENCE_BREAK)."""
+    parts = np.split(indices, np.flatnonzero(indices == SEQUENCE_BREAK))
+    return [part[part != SEQUENCE_BREAK] for part in parts if np.any(part != SEQUENCE_BREAK)]
+
+
+def rows_of(indices: np.ndarray) -> np.ndarray:
+    """The row indices of a batch (packed or not), without sequence breaks."""
+    return indices[indices != SEQUENCE_BREAK]
+
+
+def plan_evaluation(lengths: np.ndarray, batch_size: int, max_tokens: int | None, max_batches: int | None,
+                    seed: int, world: int) -> list[np.ndarray]:
+    """The validation batches, the same at every evaluation (so checkpoints compare on the same rows).
+
+    Without a cap, every row. With `max_batches` (per worker), a seeded sample that spans all lengths:
+    rows sorted by length are cut into as many equal strata as rows fit, and one row is drawn from each,
+    so the shortest and the longest rows are represented as often as they occur. The sample is the
+    largest one whose batches (batch_size rows and max_tokens tokens each, rows of similar length
+    together) number at most max_batches x world; a split that fits whole is taken whole.
+    Global batch i goes to worker i mod world.
+    """
+    n = len(lengths)
+    by_length = np.argsort(lengths, kind="stable")
+    budget = None if max_batches is None else max_batches * world
+    plan = BatchPlan(batch_size, max_tokens, 1, True, seed)
+
+    def batches_of(rows: np.ndarray) -> list[np.ndarray]:
+        return _cut(rows[np.argsort(lengths[rows], kind="stable")], lengths, plan)
+
+    if budget is None or len(batches_of(by_length)) <= budget:
+        return batches_of(by_length)
+    rng = np.random.default_rng([seed, 0xE7A1])
+    draws = rng.random(n)  # one uniform draw per stratum position, fixed for the seed
+
+    def sample(k: int) -> np.ndarray:
+        edges = np.linspace(0, n, k + 1)
+        picks = np.minimum((edges[:-1] + draws[:k] * (edges[1:] - edges[:-1])).astype(np.int64), n - 1)
+        return by_length[picks]
+
+    low, high = 1, n  # the largest k whose sample fits the budget (batches grow with k)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(batches_of(sample(middle))) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return batches_of(sample(low))
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None  # None for packed batches: position_ids delimit the rows
     labels: torch.Tensor
     real_tokens: int  # non-padding ids
     target_tokens: int  # ids the loss covers
-    padded_tokens: int  # rows x longest
+    padded_tokens: int  # rows x longest (packed: sequences x pack_length)
+    position_ids: torch.Tensor | None = None  # packed batches: positions restart at 0 in every row
 
 
 def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: int = 1) -> Batch:
@@ -205,4 +309,43 @@ def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: 
         real,
         target_tokens,
         len(seqs) * longest,
+    )
+
+
+def collate_packed(rows: TokenizedRows, indices: np.ndarray, pad_id: int, pack_length: int) -> Batch:
+    """Packed sequences of pack_length tokens, rows end to end (`_pack` decided which row goes where).
+
+    Each row's positions restart at 0, which is how transformers tells packed rows apart (attention
+    stays inside a row: a block-diagonal causal mask with sdpa, skipped blocks with flex attention).
+    The label of each row's first token is masked, as in a padded batch (nothing before it in the row
+    predicts it); a sequence's tail is padding, a row of its own that the loss ignores.
+    """
+    packs = sequences_of(np.asarray(indices))
+    input_ids = np.full((len(packs), pack_length), pad_id, dtype=np.int64)
+    labels = np.full((len(packs), pack_length), IGNORE_INDEX, dtype=np.int64)
+    positions = np.zeros((len(packs), pack_length), dtype=np.int64)
+    real = target_tokens = 0
+    for r, members in enumerate(packs):
+        at = 0
+        for i in members:
+            seq = rows.row(int(i))
+            n, c = len(seq), int(rows.n_context[int(i)])
+            if at + n > pack_length:
+                raise ValueError(f"packed rows exceed training.pack_length ({pack_length})")
+            input_ids[r, at : at + n] = seq
+            positions[r, at : at + n] = np.arange(n)
+            start = max(c, 1)
+            labels[r, at + start : at + n] = seq[start:]
+            target_tokens += n - start
+            real += n
+            at += n
+        positions[r, at:] = np.arange(pack_length - at)
+    return Batch(
+        torch.from_numpy(input_ids),
+        None,
+        torch.from_numpy(labels),
+        real,
+        target_tokens,
+        len(packs) * pack_length,
+        torch.from_numpy(positions),
     )

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from fizzbot.config import FizzbotConfig
 from fizzbot.artifacts import checkpoint as ckpt
-from fizzbot.train.data import BatchPlan, TokenizedRows, collate, plan_epoch
+from fizzbot.train.data import BatchPlan, TokenizedRows, collate, collate_packed, plan_epoch, plan_evaluation
 from fizzbot.train.objective import TargetOnlyLM
 
 
@@ -45,6 +45,8 @@ class JobSpec:
     chat_token_ids: list[int]
     speaker_token_ids: list[int]
     config_yaml: str
+    base_tokens: int | None = None  # the base tokenizer's size; ids past it are fizzbot's chat tokens (None: tiny)
+    data_fingerprint: str = ""  # of the train and val rows and the speaker map (fizzbot.train.inputs)
 
 
 @dataclass
@@ -93,12 +95,13 @@ class Session:
 
 
 class RaySession(Session):
-    def __init__(self) -> None:
+    def __init__(self, run_location: str | None = None) -> None:
         import ray.train
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world = context.get_world_size()
+        self.run_location = run_location
 
     def device(self, use_gpu: bool) -> torch.device:
         if use_gpu:
@@ -126,9 +129,12 @@ class RaySession(Session):
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return contextlib.nullcontext(None)
-        return checkpoint.as_directory()
+        if checkpoint is not None:
+            return checkpoint.as_directory()
+        # A command killed after a checkpoint was written but before Ray Train recorded it in its
+        # snapshot: the newest complete checkpoint in the run folder (by its manifest) still counts.
+        found = ckpt.checkpoints_of(self.run_location) if self.run_location else []
+        return contextlib.nullcontext(ckpt.fetch_checkpoint(found[-1][1]) if found else None)
 
     def report(self, metrics: dict, folder: Path | None, name: str) -> None:
         import ray.train
@@ -244,7 +250,8 @@ def build_model(cfg: FizzbotConfig, job: JobSpec, device: torch.device, workdir:
         # Every worker builds the same initial weights from the seed: no file has to travel.
         base = str(create_tiny_base(cfg.model, job.tokenizer, workdir / "tiny-base", cfg.training.seed))
     names = {s["token"]: s["username"] for s in job.speaker_map.get("speakers", [])}
-    model = prepare_model(cfg.model, base, job.tokenizer, device, names, job.chat_token_ids, cfg.model.gradient_checkpointing)
+    model = prepare_model(cfg.model, base, job.tokenizer, device, names, job.chat_token_ids, cfg.model.gradient_checkpointing,
+                          base_tokens=job.base_tokens, fused_kernels=cfg.training.fused_kernels)
     return model, base
 
 
@@ -290,7 +297,8 @@ def model_state_for_save(model) -> dict:
 
 
 def save_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, optimizer, scheduler, state: TrainState, session: Session, metrics: dict, base_folder: str | None) -> None:
-    """Write this worker's part of a checkpoint into `folder` (rank 0 writes the model and the manifest)."""
+    """Write this worker's part of a checkpoint into `folder` (rank 0 writes the model; the manifest
+    comes later, from `finish_checkpoint`, once every worker's files exist)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = {
         "python": random.getstate(),
@@ -301,7 +309,12 @@ def save_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, optim
     torch.save(rng, folder / f"rng-rank{session.rank}.pt")
     if session.rank != 0:
         return
-    model.save_pretrained(folder, safe_serialization=True)
+    if hasattr(model, "peft_config"):
+        # The adapter and the trained chat-token rows only: the base is rebuilt at load time from the
+        # sizes in the manifest (fit_embeddings), never copied into every checkpoint.
+        model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
     job.tokenizer.save_pretrained(folder)
     (folder / ckpt.SPEAKER_MAP).write_text(json.dumps(job.speaker_map, indent=2, ensure_ascii=False) + "\n")
     (folder / ckpt.CONFIG_FILE).write_text(job.config_yaml)
@@ -320,6 +333,14 @@ def save_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, optim
     )
     if job.metrics_dir and (Path(job.metrics_dir) / "metrics.jsonl").exists():
         shutil.copy(Path(job.metrics_dir) / "metrics.jsonl", folder / "metrics.jsonl")
+
+
+def finish_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, state: TrainState, session: Session, metrics: dict) -> None:
+    """The manifest, written last by rank 0, listing every worker's files (gathered from all ranks
+    after each has written its part, DeepSpeed shards included)."""
+    parts = _gather_objects(ckpt.checkpoint_files(folder))
+    if session.rank != 0:
+        return
     info = {
         "step": state.step,
         "epoch": state.epoch,
@@ -327,14 +348,48 @@ def save_checkpoint(folder: Path, cfg: FizzbotConfig, job: JobSpec, model, optim
         "base": job.base,
         "val_loss": metrics.get("val_loss"),
         "speaker_acc": metrics.get("speaker_acc"),
+        "world": session.world,
+        # What inference needs to rebuild the base this adapter was trained on, row for row.
+        "embedding_rows": int(model.get_input_embeddings().weight.shape[0]),
+        "base_tokens": job.base_tokens,
+        "data_fingerprint": job.data_fingerprint,
     }
-    ckpt.write_manifest(folder, info)
+    ckpt.write_manifest(folder, info, ckpt.merge_rank_files(parts))
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, session: Session) -> TrainState:
+def _gather_objects(value) -> list:
+    """[value of rank 0, value of rank 1, ...] on every rank (just [value] in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def configured_hyperparameters(optimizer, scheduler) -> tuple[list[dict], list[float]]:
+    """The optimizer's settings as the config made them (all but the parameters), and the schedule's base rates."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return groups, list(scheduler.base_lrs)
+
+
+def apply_hyperparameters(optimizer, scheduler, configured: tuple[list[dict], list[float]]) -> None:
+    """After loading a checkpoint: the config's learning rates, weight decay and betas, not the saved ones
+    (a resumed run with the same settings is unchanged; `run.resume=force` takes the new ones)."""
+    groups, base_lrs = configured
+    scheduler.base_lrs = list(base_lrs)
+    for group, settings, base, factor in zip(optimizer.param_groups, groups, base_lrs, scheduler.lr_lambdas):
+        group.update({k: v for k, v in settings.items() if k not in ("lr", "initial_lr")})
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, session: Session, seed: int = 0) -> TrainState:
     """Restore weights, optimizer, scheduler, data position and this rank's RNG from a checkpoint."""
     from safetensors.torch import load_file
 
+    if not ckpt.is_complete(folder):
+        raise RuntimeError(f"checkpoint {folder} is incomplete: its manifest is missing or lists files that are not there")
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -345,11 +400,15 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, session: Session)
         tied = {k for k in missing if "lm_head" in k}
         if unexpected or set(missing) - tied:
             raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}")
+    configured = configured_hyperparameters(optimizer, scheduler)
     saved = torch.load(folder / ckpt.TRAINING_STATE, map_location="cpu", weights_only=False)
     if saved["optimizer"] is not None:
         optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    apply_hyperparameters(optimizer, scheduler, configured)
+    state = TrainState(**saved["state"])
     rng_file = folder / f"rng-rank{session.rank}.pt"
+    saved_world = saved.get("world", session.world)
     if rng_file.exists():
         rng = torch.load(rng_file, weights_only=False)
         random.setstate(rng["python"])
@@ -357,7 +416,14 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, session: Session)
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(**saved["state"])
+    elif session.rank < saved_world:
+        raise RuntimeError(f"checkpoint {folder} has no {rng_file.name} although {saved_world} workers saved it: it is incomplete")
+    else:
+        # More workers than saved the checkpoint: this one never had a stream; say so, and derive one.
+        print(f"[train] rank {session.rank}: checkpoint {folder.name} was saved by {saved_world} workers; "
+              "this worker starts a fresh RNG stream", file=sys.stderr, flush=True)
+        set_seed(seed + 1_000_003 * state.step + session.rank)
+    return state
 
 
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
@@ -368,16 +434,24 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def evaluation_batches(rows: TokenizedRows, cfg: FizzbotConfig, session: Session) -> list[np.ndarray]:
+    """This worker's validation batches: a fixed sample spanning all lengths (`plan_evaluation`)."""
+    t = cfg.training
+    key = (hash(rows.lengths().tobytes()), len(rows), t.batch_size, t.max_tokens_per_batch, t.eval_max_batches, t.seed, session.world)
+    if key not in _EVAL_PLANS:
+        _EVAL_PLANS.clear()  # one validation set per process
+        _EVAL_PLANS[key] = plan_evaluation(rows.lengths(), t.batch_size, t.max_tokens_per_batch, t.eval_max_batches, t.seed, session.world)
+    return _EVAL_PLANS[key][session.rank :: session.world]
+
+
+_EVAL_PLANS: dict = {}
+
+
 @torch.no_grad()
 def evaluate(objective: TargetOnlyLM, rows: TokenizedRows, baselines: dict, cfg: FizzbotConfig, session: Session, device: torch.device, pad_id: int, speaker_ids: torch.Tensor) -> EvalResult:
     """Validation loss, perplexity and next-speaker accuracy over this worker's share of val rows."""
     objective.eval()
-    mine = np.arange(session.rank, len(rows), session.world)
-    mine = mine[np.argsort(rows.lengths()[mine], kind="stable")]
-    batch = cfg.training.batch_size
-    batches = [mine[i : i + batch] for i in range(0, len(mine), batch)]
-    if cfg.training.eval_max_batches:
-        batches = batches[: cfg.training.eval_max_batches]
+    batches = evaluation_batches(rows, cfg, session)
     loss_sum = tokens = correct = count = majority = 0.0
     majority_id = baselines["majority_speaker_id"]
     for indices in batches:
@@ -419,6 +493,14 @@ def compute_baselines(train: TokenizedRows, val: TokenizedRows, vocab: int) -> d
 # --- optimizer steps: plain PyTorch (one process or DDP), or DeepSpeed ZeRO -------------------------------
 
 
+def _inputs(batch, device: torch.device) -> tuple:
+    """The objective's arguments for a batch (padded: an attention mask; packed: position ids)."""
+    def to(t):
+        return None if t is None else t.to(device, non_blocking=True)
+
+    return to(batch.input_ids), to(batch.attention_mask), to(batch.labels), to(batch.position_ids)
+
+
 class TorchStepper:
     """Backward and step for one process or DDP (which averages gradients over workers)."""
 
@@ -438,11 +520,7 @@ class TorchStepper:
         # Gradients are all-reduced once per optimizer step, on the last micro-batch.
         sync = contextlib.nullcontext() if (last or not self.distributed) else self.module.no_sync()
         with sync:
-            loss = self.module(
-                batch.input_ids.to(device, non_blocking=True),
-                batch.attention_mask.to(device, non_blocking=True),
-                batch.labels.to(device, non_blocking=True),
-            )
+            loss = self.module(*_inputs(batch, device))
             (loss * scale).backward()
         return loss.detach()
 
@@ -483,9 +561,7 @@ class DeepSpeedStepper(TorchStepper):
         self.module = self.engine
 
     def backward(self, batch, device: torch.device, scale: float, last: bool) -> torch.Tensor:
-        loss = self.engine(
-            batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device)
-        )
+        loss = self.engine(*_inputs(batch, device))
         # DeepSpeed divides by the accumulation steps itself; our scale already normalises per step.
         self.engine.backward(loss * scale * self.cfg.training.grad_accum_steps)
         self.engine.step()  # an optimizer step only at the accumulation boundary
@@ -497,8 +573,9 @@ class DeepSpeedStepper(TorchStepper):
         return float(norm) if norm is not None else float("nan")
 
     def save(self, folder: Path) -> None:
-        # Every rank writes its own optimizer shard; Ray Train merges the workers' folders.
-        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+        # Every rank writes its own optimizer shard; Ray Train merges the workers' folders, and the
+        # manifest (finish_checkpoint) lists every rank's files. Frozen base weights are not copied.
+        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False, exclude_frozen_parameters=True)
 
     def load(self, folder: Path) -> None:
         self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_module_strict=False)
@@ -542,19 +619,34 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
     state = TrainState()
     with session.latest_checkpoint() as folder:
         if folder is not None:
-            state = load_checkpoint(Path(folder), model, optimizer, scheduler, session)
+            state = load_checkpoint(Path(folder), model, optimizer, scheduler, session, t.seed)
+            saved_data = (ckpt.read_manifest(folder) or {}).get("data_fingerprint")
+            if saved_data != job.data_fingerprint and state.batches_done:
+                # run.resume=force onto other data: the saved position indexes another row order.
+                if session.rank == 0:
+                    print(f"[train] the data changed since checkpoint-{state.step}: epoch {state.epoch} restarts "
+                          "from its first batch", file=sys.stderr, flush=True)
+                state.batches_done = 0
     resumed_from = state.step
 
-    objective = TargetOnlyLM(model, chunked=t.chunked_loss)
+    fused_loss = None
+    if t.fused_kernels:
+        from fizzbot.model.kernels import fused_linear_cross_entropy
+
+        fused_loss = fused_linear_cross_entropy(device)
+    objective = TargetOnlyLM(model, chunked=t.chunked_loss, fused_loss=fused_loss)
     distributed = dist.is_available() and dist.is_initialized() and session.world > 1
     stepper = (DeepSpeedStepper if t.deepspeed else TorchStepper)(cfg, objective, model, optimizer, scheduler, distributed, device)
     if t.deepspeed and state.step > 0:
+        configured = configured_hyperparameters(optimizer, scheduler)
         with session.latest_checkpoint() as folder:
             stepper.load(Path(folder))
+        apply_hyperparameters(optimizer, scheduler, configured)
 
     metrics_log = MetricsLog(job.metrics_dir, session.rank == 0)
     baselines = compute_baselines(train_rows, val_rows, len(tokenizer))
-    plan = BatchPlan(t.batch_size, t.max_tokens_per_batch, t.bucket_size_multiplier, t.batching == "bucket", t.seed)
+    plan = BatchPlan(t.batch_size, t.max_tokens_per_batch, t.bucket_size_multiplier, t.batching == "bucket", t.seed,
+                     pack_length=t.pack_length if t.packing else None)
     lengths = train_rows.lengths()
     per_step = session.world * t.grad_accum_steps
     epoch_batches = plan_epoch(lengths, plan, state.epoch)
@@ -584,7 +676,10 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
             epoch_batches = plan_epoch(lengths, plan, state.epoch)
         start = state.batches_done + session.rank
         mine = [epoch_batches[start + k * session.world] for k in range(t.grad_accum_steps)]
-        batches = [collate(train_rows, indices, pad_id, multiple_of=64 if t.compile else 1) for indices in mine]
+        if t.packing:
+            batches = [collate_packed(train_rows, indices, pad_id, t.pack_length) for indices in mine]
+        else:
+            batches = [collate(train_rows, indices, pad_id, multiple_of=64 if t.compile else 1) for indices in mine]
         local_targets = sum(b.target_tokens for b in batches)
         (global_targets,) = _all_reduce([float(local_targets)], device)
         scale = session.world / max(global_targets, 1.0)  # DDP averages over workers; undo that
@@ -646,6 +741,7 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
             folder = workdir / name
             save_checkpoint(folder, cfg, job, model, optimizer, scheduler, state, session, metrics, base_folder)
             stepper.save(folder)
+            finish_checkpoint(folder, cfg, job, model, state, session, metrics)
             session.report(metrics, folder, name)
             shutil.rmtree(folder, ignore_errors=True)
     progress.close()
@@ -656,4 +752,4 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point on every worker."""
     cfg = FizzbotConfig.model_validate(config["config"])
-    run_training(cfg, config["job"], RaySession())
+    run_training(cfg, config["job"], RaySession(config["job"].run_dir))

@@ -31,29 +31,43 @@ def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tenso
 
 
 class TargetOnlyLM(torch.nn.Module):
-    """Wraps a causal LM so that forward() returns the summed target loss (DDP wraps this module)."""
+    """Wraps a causal LM so that forward() returns the summed target loss (DDP wraps this module).
 
-    def __init__(self, model: torch.nn.Module, chunked: bool = True):
+    `fused_loss` (Liger's fused linear + cross-entropy, `fizzbot.model.kernels`) replaces the chunked
+    head + loss in training when given; evaluation keeps the chunked path (it needs the logits).
+    Packed batches pass `position_ids` and no attention mask (see `collate_packed`).
+    """
+
+    def __init__(self, model: torch.nn.Module, chunked: bool = True, fused_loss=None):
         super().__init__()
         self.model = model
         self.chunked = chunked
+        self.fused_loss = fused_loss
 
-    def target_hidden(self, input_ids, attention_mask, labels):
+    def target_hidden(self, input_ids, attention_mask, labels, position_ids=None):
         """Hidden states at the positions that predict a target token, and those tokens."""
         decoder, _ = causal_lm_parts(self.model)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         shift_labels = labels[:, 1:]
         where = shift_labels != IGNORE_INDEX
         return hidden[:, :-1][where], shift_labels[where], where
 
-    def forward(self, input_ids, attention_mask, labels):
+    def forward(self, input_ids, attention_mask, labels, position_ids=None):
         if not self.chunked:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
             return F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
-        hidden, targets, _ = self.target_hidden(input_ids, attention_mask, labels)
+        hidden, targets, _ = self.target_hidden(input_ids, attention_mask, labels, position_ids)
         _, head = causal_lm_parts(self.model)
+        if self.fused_loss is not None and torch.is_grad_enabled():
+            from fizzbot.model.kernels import head_weight
+
+            return self.fused_loss(head_weight(head), hidden, targets).float()
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], LOSS_CHUNK):
             h = hidden[start : start + LOSS_CHUNK]

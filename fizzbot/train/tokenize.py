@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +33,10 @@ def tokenized_dataset(path: str, tokenizer, max_seq_len: int, speaker_ids: list[
     from fizzbot.ray_utils import quiet_ray_data
 
     quiet_ray_data()
-    ds = ray.data.read_json(path, lines=True).select_columns(["context", "target"])
+    # The driver's own copy (a URI's data was fetched, a single JSONL split): `local://` reads it on
+    # the driver's node, and the tokenised blocks travel to the workers wherever they run.
+    source = path if "://" in path else f"local://{Path(path).resolve()}"
+    ds = ray.data.read_json(source, lines=True).select_columns(["context", "target"])
     ds = ds.map_batches(
         TokenizeBatch,
         fn_constructor_kwargs={"tokenizer": tokenizer, "max_seq_len": max_seq_len, "speaker_ids": speaker_ids, "source": path},

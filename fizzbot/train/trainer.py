@@ -1,29 +1,31 @@
 """`fizzbot train`: the driver. Checks, the run folder, the tokenizer, then Ray Train's TorchTrainer.
 
-    fizzbot train --config configs/train_cpu.yaml [key=value ...]
+    fizzbot train --config configs/train_cpu.yaml [--resume=auto|force|never] [key=value ...]
 
 Everything that can be refused is refused here, before a worker starts: a missing or empty data
 folder, rows without a target, a tokenizer that splits a speaker token, DeepSpeed on CPU, a GPU
-config where the cluster has no GPU. Runs go to `<run.dir>/<run.name>/<timestamp>/`; the same
-command with the same run name resumes the newest unfinished run from its last checkpoint.
+config where the cluster has no GPU, a speaker map that disagrees with the checkpoint to continue.
+Runs go to `<run.dir>/<run.name>/<timestamp>/` (a local folder or a URI); the same command resumes
+the newest unfinished run from its last checkpoint when its settings and data match (`runs.py`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fizzbot.config import ConfigError, FizzbotConfig
-from fizzbot.artifacts.io import atomic_write_text
-from fizzbot.errors import InputError
-from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.artifacts import checkpoint as ckpt
-from fizzbot.artifacts.prepared import context_settings, open_prepared
+from fizzbot.artifacts import storage
+from fizzbot.artifacts.io import atomic_write_text
+from fizzbot.config import ConfigError, FizzbotConfig
+from fizzbot.train.inputs import TrainingData, resolve_data
+from fizzbot.train.runs import RUN_RECORD, TOKENIZER_DIR, RunPaths
 
 
 def _log(message: str) -> None:
@@ -31,61 +33,14 @@ def _log(message: str) -> None:
 
 
 @dataclass
-class TrainingData:
-    train_path: Path
-    val_path: Path
-    speaker_map: SpeakerMap
-
-
-@dataclass
 class TrainResult:
-    run_dir: Path
-    best_checkpoint: Path | None
-    latest_checkpoint: Path | None
+    run_dir: Path  # where the driver wrote config, metrics and plots (a URI run's local mirror)
+    best_checkpoint: str | Path | None  # a local folder, or a URI for a URI run
+    latest_checkpoint: str | Path | None
     final_step: int
     metrics: dict
     seconds: float
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
-def resolve_data(cfg: FizzbotConfig, run_dir: Path) -> TrainingData:
-    """A prepared folder, or one JSONL (the original tool's) split by val_split or val_jsonl."""
-    prepared = open_prepared(cfg.data.path, cfg.data.val_jsonl)
-    train_path, val_path = prepared.train_path, prepared.val_path
-    if val_path is None:
-        train_path, val_path = _split_single_file(train_path, cfg.data.val_split, run_dir / "data")
-    if not val_path.is_file() or val_path.stat().st_size == 0:
-        raise InputError(
-            "no validation rows (set data.val_split above 0 when preparing, or data.val_jsonl)", path=str(val_path)
-        )
-    return TrainingData(train_path, val_path, prepared.speaker_map)
-
-
-def _split_single_file(path: Path, val_split: float, out: Path) -> tuple[Path, Path]:
-    """Hold out rows by a hash of their target message, so the split is stable and no target is in both."""
-    if val_split <= 0:
-        raise InputError("a single JSONL needs data.val_split > 0 or data.val_jsonl", path=str(path))
-    out.mkdir(parents=True, exist_ok=True)
-    from fizzbot.artifacts.io import iter_jsonl
-
-    train_lines, val_lines = [], []
-    threshold = int(val_split * 2**32)
-    for number, row in iter_jsonl(path):
-        if not isinstance(row.get("target"), str):
-            raise InputError("row has no target", path=str(path), line=number, field="target")
-        key = (row.get("channel", ""), row.get("ts", ""), row["target"])
-        digest = int.from_bytes(hashlib.blake2b(json.dumps(key).encode(), digest_size=4).digest(), "big")
-        (val_lines if digest < threshold else train_lines).append(json.dumps(row, ensure_ascii=False).encode())
-    train_path, val_path = out / "train.jsonl", out / "val.jsonl"
-    train_path.write_bytes(b"\n".join(train_lines) + b"\n")
-    val_path.write_bytes(b"\n".join(val_lines) + b"\n" if val_lines else b"")
-    return train_path, val_path
+    location: str | Path | None = None  # the run folder in storage (a URI for a URI run)
 
 
 # --- checks --------------------------------------------------------------------------------------
@@ -121,84 +76,40 @@ def check_environment(cfg: FizzbotConfig, use_ray: bool) -> None:
                 raise ConfigError("training.use_gpu=true but this machine has no CUDA GPU: use training.use_gpu=false")
 
 
-# --- run folders ---------------------------------------------------------------------------------
+# --- the tokenizer -------------------------------------------------------------------------------
 
 
-@dataclass
-class RunPaths:
-    """Where a run lives: `storage` (a local folder or a URI, Ray Train's storage_path) / `name`.
-
-    `local_dir` holds what the driver writes during the run (config, tokenizer, metrics); for a
-    local run.dir it is the run folder itself, for a URI a local mirror uploaded at the end.
-    """
-
-    storage: str
-    name: str
-    local_dir: Path
-
-    @property
-    def remote(self) -> bool:
-        return is_remote(self.storage)
-
-
-def _filesystem(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if is_remote(uri) else (pafs.LocalFileSystem(), uri)
-
-
-def choose_run_dir(cfg: FizzbotConfig) -> tuple[RunPaths, bool]:
-    """The run: the newest unfinished one of this name when resuming, else a new timestamp."""
-    import pyarrow.fs as pafs
-
-    storage = f"{cfg.run.dir.rstrip('/')}/{cfg.run.name}" if is_remote(cfg.run.dir) else str((Path(cfg.run.dir) / cfg.run.name).resolve())
-    fs, base = _filesystem(storage)
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    names = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")), reverse=True)
-
-    def paths(name: str) -> RunPaths:
-        local = Path.home() / ".cache" / "fizzbot" / "runs" / cfg.run.name / name if is_remote(storage) else Path(storage) / name
-        return RunPaths(storage, name, local)
-
-    if cfg.run.resume and names:
-        newest = names[0]
-        if fs.get_file_info(f"{base}/{newest}/{ckpt.COMPLETED}").type == pafs.FileType.NotFound:
-            return paths(newest), True
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name, suffix = stamp, 1
-    while name in names:
-        name, suffix = f"{stamp}-{suffix}", suffix + 1
-    return paths(name), False
-
-
-def _upload(run: RunPaths) -> None:
-    """A URI run: copy what the driver wrote locally next to the checkpoints."""
-    import pyarrow.fs as pafs
-
-    fs, base = _filesystem(run.storage)
-    pafs.copy_files(str(run.local_dir), f"{base}/{run.name}", destination_filesystem=fs)
-
-
-def build_tokenizer(cfg: FizzbotConfig, data: TrainingData, run_dir: Path):
-    """The run's tokenizer, saved in the run folder; a resumed run reuses it (a retrained BPE would differ)."""
+def base_tokenizer(cfg: FizzbotConfig, data: TrainingData):
+    """The tokenizer before the chat tokens: the base model's (or model.tokenizer), or a tiny BPE
+    trained on the targets; None for the tiny model's when it is not needed (`build_tokenizer`)."""
     from transformers import AutoTokenizer
 
-    from fizzbot.model.tokenizer import add_chat_tokens, check_chat_tokens, train_tiny_tokenizer
+    from fizzbot.model.tokenizer import train_tiny_tokenizer
 
-    saved = run_dir / "tokenizer"
+    if cfg.model.base == "tiny" and cfg.model.tokenizer is None:
+        return train_tiny_tokenizer(_tokenizer_texts(data.train_path), cfg.model.tiny.vocab_size)
+    source = cfg.model.tokenizer or cfg.model.base
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+    except OSError as exc:
+        raise FileNotFoundError(f"tokenizer {source!r} cannot be loaded: {exc}") from None
+
+
+def build_tokenizer(cfg: FizzbotConfig, data: TrainingData, run_dir: Path, base=None):
+    """The run's tokenizer, saved in the run folder; a resumed run reuses it (a retrained BPE would differ).
+
+    `base`: the base tokenizer when the caller has loaded it already (it gets the chat tokens)."""
+    from transformers import AutoTokenizer
+
+    from fizzbot.model.tokenizer import add_chat_tokens, check_chat_tokens
+
+    saved = run_dir / TOKENIZER_DIR
     speaker_tokens = data.speaker_map.tokens
     if (saved / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(saved)
         check_chat_tokens(tokenizer, speaker_tokens)
         return tokenizer
-    if cfg.model.base == "tiny" and cfg.model.tokenizer is None:
-        tokenizer = train_tiny_tokenizer(_tokenizer_texts(data.train_path), cfg.model.tiny.vocab_size)
-    else:
-        source = cfg.model.tokenizer or cfg.model.base
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
-        except OSError as exc:
-            raise FileNotFoundError(f"tokenizer {source!r} cannot be loaded: {exc}") from None
+    tokenizer = base if base is not None else base_tokenizer(cfg, data)
     add_chat_tokens(tokenizer, speaker_tokens)
     tokenizer.save_pretrained(saved)
     return tokenizer
@@ -218,37 +129,62 @@ def _tokenizer_texts(path: Path, limit: int = 200_000):
 
 
 def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
+    from fizzbot.train import runs
+
     started = time.perf_counter()
     if use_ray:
         from fizzbot.ray_utils import ensure_ray
 
         ensure_ray()
-    elif is_remote(cfg.run.dir):
+    elif storage.is_uri(cfg.run.dir):
         raise ConfigError(f"run.dir={cfg.run.dir} is a URI: that needs Ray Train's storage (drop --no-ray)")
     check_environment(cfg, use_ray)
-    run, resuming = choose_run_dir(cfg)
-    run_dir = run.local_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = resolve_data(cfg, run_dir)
-    # The run's config (and so every checkpoint's fizzbot.yaml) says how its data was windowed, which
-    # is how serving trims and anonymizes contexts: the prepared folder's own settings win.
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=context_settings(cfg.data.path))})
-    # Rows are checked in the driver before anything reads them (the tiny BPE is trained on the
-    # targets), so a row without a target is refused by file and line before any worker starts.
-    from fizzbot.train.data import read_rows
+    # The data first: whether the last run may resume depends on it (its fingerprint). A single
+    # JSONL is split into a scratch folder, then kept with the run (run_dir/data/).
+    scratch = Path(tempfile.mkdtemp(prefix="fizzbot-split-"))
+    try:
+        data = resolve_data(cfg, scratch)
+        # The run's config (and so every checkpoint's fizzbot.yaml) says how its data was windowed,
+        # which is how serving trims and anonymizes contexts: the prepared folder's own settings win.
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data.context)})
+        # Rows are checked in the driver before anything reads them (the tiny BPE is trained on the
+        # targets), so a row without a target is refused by file and line before any worker starts.
+        from fizzbot.train.data import read_rows
 
-    for path in (data.train_path, data.val_path):
-        read_rows(path)
-    _log(f"{'resuming' if resuming else 'starting'} run {run.storage}/{run.name}")
+        for path in (data.train_path, data.val_path):
+            read_rows(path)
+        runs.check_base_speaker_map(cfg, data.speaker_map)
+        # Ids the base's embedding rows were trained for: fizzbot's chat tokens come after them (the
+        # tiny model is built with the chat tokens from the start: None).
+        base = None if cfg.model.base == "tiny" else base_tokenizer(cfg, data)
+        base_tokens = None if base is None else len(base)
+        wanted = runs.run_record(cfg, data.fingerprint, data.speaker_map, base_tokens)
+        run, resuming = runs.choose_run(cfg, wanted)
+        run_dir = run.local_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if data.train_path.parent == scratch:
+            for name in ("train_path", "val_path"):
+                kept = run_dir / "data" / getattr(data, name).name
+                kept.parent.mkdir(exist_ok=True)
+                shutil.move(getattr(data, name), kept)
+                setattr(data, name, kept)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if resuming:
+        runs.pull_driver_files(run)
+    _log(f"{'resuming' if resuming else 'starting'} run {run.location}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    # What the run's checkpoints depend on from now on (after run.resume=force, the new settings).
+    atomic_write_text(run_dir / RUN_RECORD, json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
 
-    tokenizer = build_tokenizer(cfg, data, run_dir)
+    tokenizer = build_tokenizer(cfg, data, run_dir, base)
+    runs.push_driver_files(run)  # a URI run: config, record and tokenizer beside the checkpoints from the start
     speaker_ids = tokenizer.convert_tokens_to_ids(data.speaker_map.tokens)
     chat_ids = speaker_ids + [tokenizer.convert_tokens_to_ids("<EOT>")]
     from fizzbot.train.loop import JobSpec
 
     job = JobSpec(
-        run_dir=f"{run.storage}/{run.name}",
+        run_dir=str(run.location),
         metrics_dir=str(run_dir),
         base=cfg.model.base,
         tokenizer=tokenizer,
@@ -256,6 +192,8 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
         chat_token_ids=chat_ids,
         speaker_token_ids=speaker_ids,
         config_yaml=cfg.to_yaml(),
+        base_tokens=base_tokens,
+        data_fingerprint=data.fingerprint,
     )
     if use_ray:
         final = _fit_with_ray(cfg, job, data, run)
@@ -270,14 +208,13 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
     except Exception as exc:  # a missing plot must not fail a finished run
         _log(f"loss curve plot skipped: {exc}")
     atomic_write_text(run_dir / ckpt.COMPLETED, json.dumps({"final_step": final, "finished": dt.datetime.now().isoformat()}) + "\n")
-    if run.remote:
-        _upload(run)
-    best = ckpt.best_checkpoint(run_dir)
-    found = ckpt.checkpoints_of(run_dir)
+    runs.push_driver_files(run)
+    best = ckpt.best_checkpoint(run.location)
+    found = ckpt.checkpoints_of(run.location)
     seconds = time.perf_counter() - started
     last_eval = next((m for m in reversed(metrics) if m.get("kind") == "eval"), {})
     _log(f"done in {seconds:.0f}s: step {final}, best checkpoint {best}")
-    return TrainResult(run_dir, best, found[-1][1] if found else None, final, last_eval, seconds)
+    return TrainResult(run_dir, best, found[-1][1] if found else None, final, last_eval, seconds, run.location)
 
 
 def _fit_locally(cfg: FizzbotConfig, job, data: TrainingData, run_dir: Path) -> int:
@@ -300,11 +237,14 @@ def _fit_with_ray(cfg: FizzbotConfig, job, data: TrainingData, run: RunPaths) ->
     from fizzbot.train.loop import train_loop_per_worker
     from fizzbot.train.tokenize import tokenized_dataset
 
+    from fizzbot.ray_utils import storage_runtime_env
+
     t = cfg.training
     datasets = {
         name: tokenized_dataset(str(path), job.tokenizer, t.max_seq_len, job.speaker_token_ids)
         for name, path in (("train", data.train_path), ("val", data.val_path))
     }
+    fs, storage_path = storage.filesystem(run.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "job": job},
@@ -316,7 +256,10 @@ def _fit_with_ray(cfg: FizzbotConfig, job, data: TrainingData, run: RunPaths) ->
         ),
         run_config=ray.train.RunConfig(
             name=run.name,
-            storage_path=run.storage,
+            # The filesystem object carries a URI's endpoint and credentials to the controller and workers.
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            worker_runtime_env=storage_runtime_env(),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
