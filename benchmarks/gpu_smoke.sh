@@ -8,7 +8,10 @@
 # their tokenizer (no hub is reachable from the GPU machine).
 #
 #   bash benchmarks/gpu_smoke.sh            (on a GPU machine, from the repo root)
+#   PARTS="llama fused" bash benchmarks/gpu_smoke.sh   (some parts only: qwen deepspeed llama fused)
 set -euo pipefail
+PARTS=${PARTS:-qwen deepspeed llama fused}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 W=${W:-/tmp/fizzbot-gpu-smoke}
 rm -rf "$W" && mkdir -p "$W"
 fb() { python3 -m fizzbot.cli "$@"; }
@@ -36,15 +39,23 @@ print(f"llama-shaped base: {rows} rows for {rows} tokens")
 PY
 common=(data.path="$W/prepared" run.dir="$W/runs" training.eval_steps=20 training.save_steps=20
         training.log_steps=10 training.max_tokens_per_batch=16384 training.eval_max_batches=10)
-time fb train --config configs/train_gpu_qlora.yaml "${common[@]}" model.base="$W/qwen" run.name=qlora training.max_steps=40
-time fb generate --latest run.dir="$W/runs" --speaker pixelpaws --content "hey everyone" --turns 3 --seed 0 generate.compile=true
-time fb train --config configs/train_gpu_deepspeed.yaml "${common[@]}" model.base="$W/qwen" run.name=zero2 training.num_workers=1 training.max_steps=20
+if has qwen; then
+  time fb train --config configs/train_gpu_qlora.yaml "${common[@]}" model.base="$W/qwen" run.name=qlora training.max_steps=40
+  time fb generate --latest run.dir="$W/runs" --speaker pixelpaws --content "hey everyone" --turns 3 --seed 0 generate.compile=true
+fi
+if has deepspeed; then
+  time fb train --config configs/train_gpu_deepspeed.yaml "${common[@]}" model.base="$W/qwen" run.name=zero2 training.num_workers=1 training.max_steps=20
+fi
 # The failure: QLoRA on a base whose tokenizer fills its vocabulary, then generate --latest.
-time fb train --config configs/train_gpu_qlora.yaml "${common[@]}" model.base="$W/llama" run.dir="$W/runs-llama" run.name=llama \
-  training.max_steps=4 training.save_steps=4 training.eval_steps=4
-python3 -c "import json,glob; m=json.load(open(glob.glob('$W/runs-llama/llama/*/checkpoint-4/fizzbot_checkpoint.json')[0])); print('embedding rows', m['embedding_rows'])"
-time fb generate --latest run.dir="$W/runs-llama" --speaker pixelpaws --content "hey everyone" --turns 2 --seed 0
+if has llama; then
+  time fb train --config configs/train_gpu_qlora.yaml "${common[@]}" model.base="$W/llama" run.dir="$W/runs-llama" run.name=llama \
+    training.max_steps=4 training.save_steps=4 training.eval_steps=4
+  python3 -c "import json,glob; m=json.load(open(glob.glob('$W/runs-llama/llama/*/checkpoint-4/fizzbot_checkpoint.json')[0])); print('embedding rows', m['embedding_rows'])"
+  time fb generate --latest run.dir="$W/runs-llama" --speaker pixelpaws --content "hey everyone" --turns 2 --seed 0
+fi
 # Fused kernels and packed sequences with flex attention, through the real command.
-time fb train --config configs/train_gpu_qlora.yaml "${common[@]}" model.base="$W/qwen" run.name=fused_packed training.max_steps=40 \
-  training.fused_kernels=true training.packing=true training.pack_length=4096 model.attn_implementation=flex_attention
-ls "$W"/runs/*/*/ "$W"/runs-llama/*/*/
+if has fused; then
+  time fb train --config configs/train_gpu_qlora.yaml "${common[@]}" model.base="$W/qwen" run.name=fused_packed training.max_steps=40 \
+    training.fused_kernels=true training.packing=true training.pack_length=4096 model.attn_implementation=flex_attention
+fi
+ls "$W"/runs*/*/*/
