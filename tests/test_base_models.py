@@ -81,7 +81,8 @@ def test_every_chat_token_row_starts_at_its_mean_whatever_the_matrix_size(base_r
     if kind == "llama":  # the separate output head gets the same treatment from its own matrix
         originals.append(original.get_output_embeddings().weight.detach())
         tables.append(run.tables_before[1])
-    names = SpeakerMap.load(prepared / "speaker_map.json").token_to_username()
+    smap = SpeakerMap.load(prepared / "speaker_map.json")
+    names = {s.token: s.username for s in smap.speakers}  # own tokens: their username's mean
     for weight, table in zip(originals, tables):
         known = weight[:base_tokens]
         assert torch.equal(table[:base_tokens], known)  # the base's own rows untouched
@@ -89,8 +90,9 @@ def test_every_chat_token_row_starts_at_its_mean_whatever_the_matrix_size(base_r
             ids = tok(username, add_special_tokens=False)["input_ids"]
             assert ids and all(i < base_tokens for i in ids)
             assert torch.allclose(table[tok.convert_tokens_to_ids(token)], known[ids].mean(dim=0), atol=1e-6), token
-        added = [t for t in ("<EOT>", tok.pad_token) if tok.convert_tokens_to_ids(t) >= base_tokens]
-        assert "<EOT>" in added
+        # <EOT>, a new pad token and the shared others token: the mean of the trained rows.
+        added = [t for t in ("<EOT>", tok.pad_token, smap.other_token) if t and tok.convert_tokens_to_ids(t) >= base_tokens]
+        assert "<EOT>" in added and smap.other_token in added
         for token in added:
             assert torch.allclose(table[tok.convert_tokens_to_ids(token)], known.mean(dim=0), atol=1e-6), token
 
