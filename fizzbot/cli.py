@@ -26,6 +26,12 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Fizzbot
     return load_config(args.config, list(extra or []) + list(args.overrides))
 
 
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint (under run.dir)")
+    where.add_argument("--model-dir", help="a checkpoint folder")
+
+
 def _add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
@@ -220,12 +226,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from fizzbot.eval.run import eval_config, evaluate_checkpoint
 
-    if args.model_dir:
-        model_dir = Path(args.model_dir)
-    else:
-        from fizzbot.artifacts.checkpoint import find_latest
-
-        model_dir = find_latest(_config(args).run.dir)
+    model_dir = _model_dir(args, _config(args))
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     cfg = eval_config(model_dir, args.config, list(args.overrides), data=args.data)
@@ -329,9 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the next messages of a conversation: the model picks who speaks next each turn. "
         "Prints decoded `username: message` lines (--raw: speaker tokens).",
     )
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint (under run.dir)")
-    where.add_argument("--model-dir", help="a checkpoint folder")
+    _add_checkpoint_args(p)
     p.add_argument("--speaker", help="username or token of the prompt message's author (and yours with --interactive)")
     p.add_argument("--content", help="the prompt message")
     p.add_argument("--context-file", help="earlier messages: JSON list or JSON lines of {username, content}, or raw text")
@@ -374,9 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against real ones). Writes DIR/eval/ beside the checkpoint's files: report.html, its PNGs and eval.json. "
         "The config is the checkpoint's own (fizzbot.yaml) unless --config is given; eval.* keys set the sizes.",
     )
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint (under run.dir)")
-    where.add_argument("--model-dir", help="a checkpoint folder")
+    _add_checkpoint_args(p)
     p.add_argument("--data", help="prepared data to evaluate on (default: the data.path the checkpoint was trained on)")
     p.add_argument("--output", help="where to write the report (default: MODEL_DIR/eval)")
     _add_config_args(p, default=None)

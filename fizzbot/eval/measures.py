@@ -157,8 +157,8 @@ class TokenBaselines:
     @classmethod
     def fit(cls, rows, vocab: int) -> "TokenBaselines":
         positions, _ = target_positions(rows)
-        ids = np.asarray(rows.ids, dtype=np.int64)
-        targets, before = ids[positions], ids[positions - 1]
+        # Index before widening: the rows' ids can be tens of millions.
+        targets, before = rows.ids[positions].astype(np.int64), rows.ids[positions - 1].astype(np.int64)
         freq = np.bincount(targets, minlength=vocab).astype(np.float64) + 1.0
         codes, counts = np.unique(before * vocab + targets, return_counts=True)
         previous = codes // vocab
@@ -174,8 +174,7 @@ class TokenBaselines:
         """Per row: summed unigram loss, summed bigram loss (nats), and target tokens."""
         n = len(rows.n_context)
         positions, row = target_positions(rows)
-        ids = np.asarray(rows.ids, dtype=np.int64)
-        targets, before = ids[positions], ids[positions - 1]
+        targets, before = rows.ids[positions].astype(np.int64), rows.ids[positions - 1].astype(np.int64)
         p_unigram = np.exp(self.unigram_logp[targets])
         codes = before * self.vocab + targets
         pair = np.zeros(len(codes))

@@ -110,6 +110,8 @@ def draw_pictures(doc: dict, folder: Path) -> list[Path]:
         twin = ax.twinx()
         twin.bar(k, [r["rows"] for r in rows], alpha=0.15, color="gray")
         twin.set_ylabel("rows")
+        ax.set_zorder(twin.get_zorder() + 1)  # the lines over the bars
+        ax.patch.set_visible(False)
         save(fig, "context")
 
     style = doc.get("style")
@@ -177,7 +179,8 @@ def render_html(doc: dict, pictures: dict[str, str]) -> str:
         _goals(doc["goals"]),
         "<h2>The target loss</h2>",
         "<p>Nats per target token, on the same target tokens. Context gain is the loss with the context removed "
-        "minus the loss with it: what the conversation tells the model.</p>",
+        "minus the loss with it: what the conversation tells the model. Share of training rows with an empty context "
+        f"(what the model learned a target after no context from): {_e(doc.get('train_empty_context_share'))}.</p>",
         _table(["measure", "value"], [
             ["loss with the context", f["val_loss"]],
             ["loss with the context removed", f["no_context_loss"]],
@@ -223,6 +226,8 @@ def _goals(goals: list[dict]) -> str:
     for g in goals:
         met = g["met"]
         mark = '<span class="met">met</span>' if met else '<span class="unmet">not met</span>' if met is not None else "n/a"
+        if g.get("note"):
+            mark += f" ({html.escape(g['note'])})"
         rows.append(f'<tr><td class="text">{html.escape(g["goal"])}</td><td>{_e(g["value"])}</td>'
                     f'<td class="text">{html.escape(g["rule"])}: {_e(g["target"])}</td><td class="text">{mark}</td></tr>')
     return '<table><tr><th class="text">goal</th><th>value</th><th class="text">needed</th><th class="text"></th></tr>' + "".join(rows) + "</table>"

@@ -163,8 +163,10 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: FizzbotConfig, *, output: st
     row_loss, row_tokens, bare_loss = (np.zeros(len(val_rows)) for _ in range(3))
     row_loss[scores.rows], row_tokens[scores.rows], bare_loss[bare.rows] = scores.loss, scores.tokens, bare.loss
 
-    engine = GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=cfg.generate.max_prompt_tokens,
-                              max_batch_size=cfg.generate.max_batch_size, device=device)
+    g = cfg.generate
+    engine = GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=g.max_prompt_tokens, max_batch_size=g.max_batch_size,
+                              device=device, static_cache=g.compile, compile=g.compile and device.type == "cuda",
+                              max_cache_len=g.max_cache_len)
     clock = time.perf_counter()
     style = _style(cfg, engine, columns, refs, train_targets, val_contexts, val_targets, rng)
     conversations = _conversations(cfg, engine, speaker_map, val_contexts, val_targets, rng)
@@ -177,6 +179,7 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: FizzbotConfig, *, output: st
         "data": str(cfg.data.path),
         "val_rows_total": len(val_targets),
         "train_rows": len(train_targets),
+        "train_empty_context_share": refs.train_empty_context_share,
         "figures": figures,
         "speakers": _speaker_table(tally, columns),
         "confusion": {"labels": list(columns.names), "counts": tally.confusion["model"].astype(int).tolist()},
@@ -384,4 +387,10 @@ def goals(doc: dict) -> list[dict]:
     for g in out:
         value, target = g["value"], g["target"]
         g["met"] = None if value is None or target is None else (value <= target if g.get("at_most") else value >= target)
+    if not doc.get("train_empty_context_share"):
+        # No training row had an empty context: the loss without one is measured where the model never
+        # learned anything, and the gain overstates what the context gives. No verdict.
+        out[0]["met"] = None
+        out[0]["note"] = ("not measurable: no training row had an empty context (prepare with "
+                          "data.min_context_messages=0, or with conversation openers as targets)")
     return out
