@@ -32,8 +32,9 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--model-dir", help="a checkpoint folder")
 
 
-def _add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    parser.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
+def _add_config_args(parser: argparse.ArgumentParser, default: str | None = None, describe_default: str | None = None) -> None:
+    shown = describe_default or default or "built-in defaults"
+    parser.add_argument("--config", default=default, help=f"YAML config file (default: {shown})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
 
@@ -370,13 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         "baselines, the context gain (the loss with the context removed minus the loss with it), who speaks next "
         "(accuracy and macro-F1 over the named speakers against the majority and turn-taking baselines, the "
         "long-tail token apart), and style (a character n-gram classifier's attribution of generated messages "
-        "against real ones). Writes DIR/eval/ beside the checkpoint's files: report.html, its PNGs and eval.json. "
+        "against real ones). Writes MODEL_DIR/eval/ beside the checkpoint's files: report.html, its PNGs and eval.json. "
         "The config is the checkpoint's own (fizzbot.yaml) unless --config is given; eval.* keys set the sizes.",
     )
     _add_checkpoint_args(p)
     p.add_argument("--data", help="prepared data to evaluate on (default: the data.path the checkpoint was trained on)")
     p.add_argument("--output", help="where to write the report (default: MODEL_DIR/eval)")
-    _add_config_args(p, default=None)
+    _add_config_args(p, describe_default="the checkpoint's own fizzbot.yaml; with --latest, run.dir from the built-in defaults")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
