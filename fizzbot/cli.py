@@ -4,6 +4,7 @@
     fizzbot prepare --input data/demo --output data/prepared
     fizzbot train --config configs/train_cpu.yaml training.max_steps=100
     fizzbot generate --latest --speaker alice --content "hello everyone"
+    fizzbot eval --latest
     fizzbot serve --config configs/serve.yaml
 """
 
@@ -25,8 +26,15 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Fizzbot
     return load_config(args.config, list(extra or []) + list(args.overrides))
 
 
-def _add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    parser.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--latest", action="store_true", help="the newest run's best complete checkpoint (under run.dir, a folder or a URI)")
+    where.add_argument("--model-dir", help="a checkpoint folder or URI")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, default: str | None = None, describe_default: str | None = None) -> None:
+    shown = describe_default or default or "built-in defaults"
+    parser.add_argument("--config", default=default, help=f"YAML config file (default: {shown})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
 
@@ -74,10 +82,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     ev = result.metrics
     summary = ""
     if ev:
-        summary = (
-            f"  val_loss {ev['val_loss']:.3f} (unigram baseline {ev['unigram_loss']:.3f}), "
-            f"next-speaker accuracy {ev['speaker_acc']:.3f} (majority baseline {ev['majority_acc']:.3f})\n"
-        )
+        from fizzbot.eval.measures import summary_line
+
+        summary = f"  {summary_line(ev)}\n"
     print(
         f"trained to step {result.final_step} in {result.seconds:.0f}s\n{summary}"
         f"  run: {result.run_dir}\n  best checkpoint: {result.best_checkpoint}"
@@ -219,6 +226,33 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fizzbot.eval.run import eval_config, evaluate_checkpoint
+
+    model_dir = _model_dir(args, _config(args))
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    cfg = eval_config(model_dir, args.config, list(args.overrides), data=args.data)
+    outcome = evaluate_checkpoint(model_dir, cfg, output=args.output)
+    from fizzbot.eval.measures import summary_line
+
+    print(f"{summary_line(outcome.doc['figures'])}")
+    style = outcome.doc.get("style")
+    if style:
+        print(f"style: generated messages attributed to their speaker {style['generated_acc']:.3f}, "
+              f"real held-out {style['real_acc']:.3f} (chance {style['chance']:.3f})")
+    for goal in outcome.doc["goals"]:
+        met = {True: "met", False: "not met", None: "n/a"}[goal["met"]]
+        value = "n/a" if goal["value"] is None else f"{goal['value']:.3f}"
+        target = "n/a" if goal["target"] is None else f"{goal['target']:.3f}"
+        print(f"  goal {goal['goal']}: {value} ({goal['rule']}: {target}) {met}")
+    print(f"report: {outcome.report}\n  eval.json and the pictures beside it")
+    return 0
+
+
 # --- serving ---------------------------------------------------------------------------------------
 
 
@@ -330,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "own data.max_context_messages and data.max_context_chars (as its training windows were), then to "
         "generate.max_prompt_tokens; people in its data.exclude_speakers are anonymous or left out, never spoken as.",
     )
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--latest", action="store_true", help="the newest run's best complete checkpoint (under run.dir, a folder or a URI)")
-    where.add_argument("--model-dir", help="a checkpoint folder or URI")
+    _add_checkpoint_args(p)
     p.add_argument("--speaker", help="username or token of the prompt message's author (and yours with --interactive); "
                    "a name the model has never seen takes the guest token (generate.unknown_speakers=reject refuses it)")
     p.add_argument("--content", help="the prompt message")
@@ -367,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--latest", action="store_true", help="the newest run's best checkpoint")
     _add_config_args(p)
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser(
+        "eval",
+        help="measure whether a checkpoint learned its channel; write eval/report.html and eval.json",
+        description="Score a checkpoint on its validation rows: the target loss against unigram and bigram "
+        "baselines, the context gain (the loss with the context removed minus the loss with it), who speaks next "
+        "(accuracy and macro-F1 over the named speakers against the majority and turn-taking baselines, the "
+        "long-tail token apart), and style (a character n-gram classifier's attribution of generated messages "
+        "against real ones). Writes MODEL_DIR/eval/ beside the checkpoint's files: report.html, its PNGs and eval.json. "
+        "The config is the checkpoint's own (fizzbot.yaml) unless --config is given; eval.* keys set the sizes.",
+    )
+    _add_checkpoint_args(p)
+    p.add_argument("--data", help="prepared data to evaluate on (default: the data.path the checkpoint was trained on)")
+    p.add_argument("--output", help="where to write the report (default: MODEL_DIR/eval)")
+    _add_config_args(p, describe_default="the checkpoint's own fizzbot.yaml; with --latest, run.dir from the built-in defaults")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
         "serve",

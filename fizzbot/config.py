@@ -181,6 +181,11 @@ class TrainingConfig(Section):
     )
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per CPU worker; default cores/workers.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Wall-clock budget of this command's training loop: the first step past it is the "
+        "last (evaluated, saved, the run complete), even before max_steps. The learning-rate schedule still "
+        "follows max_steps: set that to about the steps that fit.",
+    )
     batch_size: int = Field(8, ge=1, description="Rows per micro-batch on each worker.")
     max_tokens_per_batch: int | None = Field(
         None, ge=64, description="Cap on (rows x padded length) per micro-batch; long rows make smaller batches."
@@ -312,6 +317,28 @@ class GenerateConfig(Section):
     max_cache_len: int = Field(2048, ge=64, description="Slot length of the static KV cache (with generate.compile).")
 
 
+class EvalConfig(Section):
+    """`fizzbot eval`: how many validation rows it scores and how much it generates (with `generate`'s sampling)."""
+
+    max_rows: int | None = Field(
+        2000, ge=1, description="Validation rows whose losses and next speaker are scored (a seeded sample); null scores all."
+    )
+    batch_size: int = Field(16, ge=1, description="Rows per scoring batch (sorted by length).")
+    style_speakers: int = Field(
+        12, ge=0, description="Named speakers (the most active first) whose style is measured; 0 skips the style measure."
+    )
+    style_min_messages: int = Field(50, ge=1, description="Fewest training messages a speaker needs for the style measure.")
+    style_messages: int = Field(
+        24, ge=1, description="Validation messages per style speaker: each real one, and one generated as that speaker from the same context."
+    )
+    style_train_messages: int = Field(
+        2000, ge=10, description="Training messages per speaker that the style classifier learns from (a seeded sample)."
+    )
+    conversations: int = Field(4, ge=0, description="Validation contexts shown with their real and generated continuations.")
+    conversation_turns: int = Field(4, ge=1, description="Messages in each of those continuations.")
+    seed: int = Field(0, description="Seed of the samples and of generation.")
+
+
 class AutoscalingConfig(Section):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
@@ -413,6 +440,7 @@ class FizzbotConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     bot: BotConfig = Field(default_factory=BotConfig)
 

@@ -1,6 +1,6 @@
 """The whole job: prepare -> train -> deploy the best checkpoint (-> ask it something).
 
-    fizzbot demo                      the embedded default, end to end, on this machine
+    fizzbot demo                      the embedded default, end to end, on this machine (then `fizzbot eval`)
     ray job submit --working-dir . -- python jobs/pipeline.py --config configs/demo.yaml
 """
 
@@ -100,7 +100,7 @@ def demo_question(speaker_map_path: Path) -> tuple[str, str]:
 
 
 def run_demo(cfg: FizzbotConfig, corpus_dir: Path) -> int:
-    """`fizzbot demo`: demo corpus -> prepare -> train -> serve -> ask -> print -> shut down."""
+    """`fizzbot demo`: demo corpus -> prepare -> train -> serve -> ask -> print -> shut down -> evaluate."""
     from ray import serve
 
     from fizzbot.data.demo import write_demo_corpus
@@ -122,7 +122,21 @@ def run_demo(cfg: FizzbotConfig, corpus_dir: Path) -> int:
             pass
     print("\n--- a conversation in the demo channel, continued by the model ---")
     for message in conversation:
-        print(f"{message['username']}: {message['content']}")
+        print(f"{message['username']}: {message['content']}", flush=True)
+
+    from fizzbot.eval.measures import summary_line
+    from fizzbot.eval.run import eval_config, evaluate_checkpoint
+
+    stage(f"evaluate: {result.checkpoint} (fizzbot eval)")
+    started = time.perf_counter()
+    evaluated = evaluate_checkpoint(result.checkpoint, eval_config(result.checkpoint, data=str(result.prepared)))
+    result.seconds["eval"] = time.perf_counter() - started
+    style = evaluated.doc.get("style") or {}
+    print("\n--- does it sound like the channel? ---")
+    print(summary_line(evaluated.doc["figures"]))
+    if style:
+        print(f"style: generated messages attributed to their speaker {style['generated_acc']:.3f} "
+              f"of the time, real held-out ones {style['real_acc']:.3f} (chance {style['chance']:.3f})")
     took = time.perf_counter() - total
     parts = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
     print(
@@ -130,10 +144,12 @@ def run_demo(cfg: FizzbotConfig, corpus_dir: Path) -> int:
         f"data:        {result.prepared}  (stats.json, report.png)\n"
         f"run:         {result.run_dir}  (metrics.jsonl, loss_curves.png, tensorboard/)\n"
         f"checkpoint:  {result.checkpoint}\n"
+        f"report:      {evaluated.report}  (eval.json, pictures)\n"
         "\ntry next:\n"
         f"  .venv/bin/fizzbot generate --latest --speaker pixelpaws --content 'hey all' --turns 5\n"
         f"  .venv/bin/fizzbot generate --latest --speaker kiwi_kat --interactive\n"
         f"  .venv/bin/fizzbot serve --config configs/serve.yaml     # then: curl localhost:8000/v1/models\n"
+        f"  .venv/bin/fizzbot eval --latest --config configs/demo.yaml   # the report again, after more training\n"
         f"  .venv/bin/tensorboard --logdir {result.run_dir}/tensorboard"
     )
     return 0

@@ -470,6 +470,19 @@ def test_incomplete_checkpoint_folders_are_never_the_latest(tmp_path):
         ckpt.find_latest(tmp_path / "runs", "demo")
 
 
+def test_a_time_budget_ends_the_run_early_evaluated_saved_and_complete(prepared, tmp_path):
+    # 0.1 s of training: the first step is past the budget, whatever the machine's speed.
+    cfg = tiny_config(prepared, tmp_path / "runs", "run.name=clock", "training.max_steps=100000", "training.max_minutes=0.0015",
+                      "training.save_steps=100000", "training.eval_steps=100000", "training.log_steps=100000")
+    result = train(cfg, use_ray=False)
+    run_dir = result.run_dir
+    assert 1 <= result.final_step < 1000
+    assert json.loads((run_dir / ckpt.COMPLETED).read_text())["final_step"] == result.final_step
+    assert steps_of(run_dir) == [result.final_step]
+    evals = [m for m in read_metrics(run_dir) if m["kind"] == "eval"]
+    assert [m["step"] for m in evals] == [result.final_step] and evals[0]["context_gain"] is not None
+
+
 def test_the_same_command_resumes_a_killed_run(prepared, tmp_path):
     """`fizzbot train` killed after a checkpoint; the same command resumes in the same run folder."""
     runs = tmp_path / "runs"

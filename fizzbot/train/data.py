@@ -67,6 +67,21 @@ class TokenizedRows:
         order = np.argsort(keys, kind="stable")
         return self.select(order)
 
+    def without_context(self, start_id: int) -> "TokenizedRows":
+        """The same targets with their context removed: `start_id` then the target, for every row
+        that has a context (a row without one stays as it is). The loss covers the same target
+        tokens as before, so the two losses differ only by what the context told the model."""
+        rows = []
+        n_context = np.where(self.n_context > 0, 1, 0).astype(np.int32)
+        for i in range(len(self)):
+            target = self.row(i)[int(self.n_context[i]):]
+            rows.append(np.concatenate([[start_id], target]) if self.n_context[i] > 0 else target)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
+        return TokenizedRows(ids, offsets, n_context, 0)
+
     def select(self, order: np.ndarray) -> "TokenizedRows":
         rows = [self.row(int(i)) for i in order]
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
@@ -106,6 +121,15 @@ class RowTokenizer:
         np.cumsum(lengths, out=offsets[1:])
         ids = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(offsets[-1]))
         return TokenizedRows(ids, offsets, np.array(n_ctx, dtype=np.int32), truncated)
+
+
+def context_free_start(tokenizer) -> int:
+    """What a target follows once its context is removed: BOS, as every training row begins (a
+    tokenizer without one: EOS, the document boundary a pretrained model knows; else padding)."""
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError("the tokenizer has no BOS, EOS or pad token to stand for a removed context")
 
 
 def read_rows(path: str | Path) -> tuple[list[str], list[str]]:

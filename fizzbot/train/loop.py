@@ -29,8 +29,10 @@ import torch.distributed as dist
 
 from fizzbot.config import FizzbotConfig
 from fizzbot.artifacts import checkpoint as ckpt
-from fizzbot.train.data import BatchPlan, TokenizedRows, collate, collate_packed, plan_epoch, plan_evaluation
-from fizzbot.train.objective import TargetOnlyLM
+from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.eval import measures
+from fizzbot.train.data import BatchPlan, TokenizedRows, collate, collate_packed, context_free_start, plan_epoch, plan_evaluation
+from fizzbot.train.objective import TargetOnlyLM, score_rows
 
 
 @dataclass
@@ -59,13 +61,19 @@ class TrainState:
 
 
 @dataclass
-class EvalResult:
-    val_loss: float
-    val_ppl: float
-    speaker_acc: float
-    majority_acc: float
-    unigram_loss: float
-    rows: int
+class ValidationSet:
+    """The validation rows, the same targets with their context removed, and what the model is
+    compared with on them (fizzbot.eval.measures: speaker and token baselines, fitted on training)."""
+
+    rows: TokenizedRows
+    bare: TokenizedRows
+    references: measures.References
+
+    @classmethod
+    def build(cls, train_rows: TokenizedRows, val_rows: TokenizedRows, job: "JobSpec") -> "ValidationSet":
+        columns = measures.SpeakerColumns.of(SpeakerMap.from_json(job.speaker_map), job.speaker_token_ids)
+        references = measures.References.build(train_rows, val_rows, columns, len(job.tokenizer))
+        return cls(val_rows, val_rows.without_context(context_free_start(job.tokenizer)), references)
 
 
 # --- the session: the Ray Train or plain-process side of the loop ---------------------------------
@@ -448,46 +456,17 @@ _EVAL_PLANS: dict = {}
 
 
 @torch.no_grad()
-def evaluate(objective: TargetOnlyLM, rows: TokenizedRows, baselines: dict, cfg: FizzbotConfig, session: Session, device: torch.device, pad_id: int, speaker_ids: torch.Tensor) -> EvalResult:
-    """Validation loss, perplexity and next-speaker accuracy over this worker's share of val rows."""
-    objective.eval()
-    batches = evaluation_batches(rows, cfg, session)
-    loss_sum = tokens = correct = count = majority = 0.0
-    majority_id = baselines["majority_speaker_id"]
-    for indices in batches:
-        b = collate(rows, indices, pad_id)
-        loss, n, predicted, truth = objective.evaluate_batch(
-            b.input_ids.to(device), b.attention_mask.to(device), b.labels.to(device), speaker_ids
-        )
-        loss_sum += float(loss)
-        tokens += n
-        correct += float((predicted == truth).sum())
-        majority += float((truth == majority_id).sum())
-        count += len(truth)
-    loss_sum, tokens, correct, count, majority = _all_reduce([loss_sum, tokens, correct, count, majority], device)
-    objective.train()
-    val_loss = loss_sum / max(tokens, 1)
-    return EvalResult(
-        val_loss=val_loss,
-        val_ppl=math.exp(min(val_loss, 50)),
-        speaker_acc=correct / max(count, 1),
-        majority_acc=majority / max(count, 1),
-        unigram_loss=baselines["unigram_loss"],
-        rows=int(count),
-    )
-
-
-def compute_baselines(train: TokenizedRows, val: TokenizedRows, vocab: int) -> dict:
-    """The majority speaker of the training targets, and a unigram model's loss on validation targets."""
-    first = train.ids[train.offsets[:-1] + train.n_context]
-    speakers, counts = np.unique(first, return_counts=True)
-    majority = int(speakers[np.argmax(counts)])
-    target_ids = np.concatenate([train.row(i)[max(int(train.n_context[i]), 1) :] for i in range(len(train))])
-    freq = np.bincount(target_ids, minlength=vocab).astype(np.float64) + 1.0  # add-one smoothing
-    logp = np.log(freq / freq.sum())
-    val_targets = np.concatenate([val.row(i)[max(int(val.n_context[i]), 1) :] for i in range(len(val))]) if len(val) else np.zeros(0, int)
-    unigram = float(-logp[val_targets].mean()) if len(val_targets) else float("nan")
-    return {"majority_speaker_id": majority, "unigram_loss": unigram}
+def evaluate(objective: TargetOnlyLM, validation: ValidationSet, cfg: FizzbotConfig, session: Session, device: torch.device, pad_id: int, speaker_ids: torch.Tensor) -> dict:
+    """The measures of fizzbot.eval.measures over this worker's share of the validation sample
+    (`evaluation_batches`), summed over all workers: loss and its baselines, context gain, who speaks next."""
+    batches = evaluation_batches(validation.rows, cfg, session)
+    scores = score_rows(objective, validation.rows, batches, pad_id, speaker_ids, device)
+    bare = score_rows(objective, validation.bare, batches, pad_id, speaker_ids, device)
+    speakers = len(validation.references.columns)
+    tally = measures.Tally(speakers)
+    tally.add(scores.rows, validation.references, scores.loss, scores.tokens, bare.loss, bare.tokens, scores.speaker_logits)
+    tally = measures.Tally.from_vector(speakers, _all_reduce(tally.vector(), device))
+    return tally.figures(validation.references.columns)
 
 
 # --- optimizer steps: plain PyTorch (one process or DDP), or DeepSpeed ZeRO -------------------------------
@@ -644,7 +623,7 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
         apply_hyperparameters(optimizer, scheduler, configured)
 
     metrics_log = MetricsLog(job.metrics_dir, session.rank == 0)
-    baselines = compute_baselines(train_rows, val_rows, len(tokenizer))
+    validation = ValidationSet.build(train_rows, val_rows, job)
     plan = BatchPlan(t.batch_size, t.max_tokens_per_batch, t.bucket_size_multiplier, t.batching == "bucket", t.seed,
                      pack_length=t.pack_length if t.packing else None)
     lengths = train_rows.lengths()
@@ -661,15 +640,19 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
         metrics_log.log(state.step, "start", {
             "resumed_from_step": resumed_from, "workers": session.world, "train_rows": len(train_rows),
             "val_rows": len(val_rows), "trainable_params": trainable, "total_params": total,
-            "truncated_rows": train_rows.truncated, **{k: v for k, v in baselines.items() if k != "majority_speaker_id"},
+            "truncated_rows": train_rows.truncated, **validation.references.start_figures(),
         })
         print(f"[train] rank 0: {trainable:,} of {total:,} parameters trainable; resuming at step {resumed_from}", file=sys.stderr, flush=True)
 
     progress = session.progress(t.max_steps, state.step)
     window = _log_window()
-    last_eval: EvalResult | None = None
+    last_eval: dict | None = None
     last_eval_step = -1
-    while state.step < t.max_steps:
+    # training.max_minutes: the workers agree on the clock through the all-reduce every step
+    # already makes, so they all stop after the same step.
+    deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else None
+    final = state.step >= t.max_steps
+    while not final:
         if state.batches_done + per_step > len(epoch_batches):
             state.epoch += 1
             state.batches_done = 0
@@ -681,7 +664,8 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
         else:
             batches = [collate(train_rows, indices, pad_id, multiple_of=64 if t.compile else 1) for indices in mine]
         local_targets = sum(b.target_tokens for b in batches)
-        (global_targets,) = _all_reduce([float(local_targets)], device)
+        out_of_time = float(deadline is not None and time.monotonic() >= deadline)
+        global_targets, out_of_time = _all_reduce([float(local_targets), out_of_time], device)
         scale = session.world / max(global_targets, 1.0)  # DDP averages over workers; undo that
 
         step_loss = 0.0
@@ -700,7 +684,8 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
         window["steps"] += 1
         progress.update(1)
 
-        if state.step % t.log_steps == 0 or state.step == t.max_steps:
+        final = state.step >= t.max_steps or out_of_time > 0
+        if state.step % t.log_steps == 0 or final:
             loss_sum, targets, real_all, padded_all = _all_reduce([window["loss"], window["targets"], window["real"], window["padded"]], device)
             elapsed = time.perf_counter() - window["time"]
             values = {
@@ -721,22 +706,18 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
                 )
             window = _log_window()
 
-        saving = state.step % t.save_steps == 0 or state.step == t.max_steps
+        saving = state.step % t.save_steps == 0 or final
         if state.step % t.eval_steps == 0 or saving:
             if last_eval_step != state.step:
-                last_eval = evaluate(objective, val_rows, baselines, cfg, session, device, pad_id, speaker_ids)
+                last_eval = evaluate(objective, validation, cfg, session, device, pad_id, speaker_ids)
                 last_eval_step = state.step
                 if session.rank == 0:
-                    metrics_log.log(state.step, "eval", asdict(last_eval))
-                    print(
-                        f"[train] step {state.step} val_loss {last_eval.val_loss:.3f} (unigram {last_eval.unigram_loss:.3f}) "
-                        f"speaker_acc {last_eval.speaker_acc:.3f} (majority {last_eval.majority_acc:.3f})",
-                        file=sys.stderr, flush=True,
-                    )
-            if state.best_val_loss is None or last_eval.val_loss < state.best_val_loss:
-                state.best_val_loss = last_eval.val_loss
+                    metrics_log.log(state.step, "eval", last_eval)
+                    print(f"[train] step {state.step} {measures.summary_line(last_eval)}", file=sys.stderr, flush=True)
+            if state.best_val_loss is None or last_eval["val_loss"] < state.best_val_loss:
+                state.best_val_loss = last_eval["val_loss"]
         if saving:
-            metrics = {"step": state.step, "epoch": state.epoch, **asdict(last_eval)}
+            metrics = {"step": state.step, "epoch": state.epoch, **last_eval}
             name = f"checkpoint-{state.step}"
             folder = workdir / name
             save_checkpoint(folder, cfg, job, model, optimizer, scheduler, state, session, metrics, base_folder)

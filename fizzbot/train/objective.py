@@ -9,11 +9,14 @@ head, in chunks whose logits are recomputed in the backward pass instead of bein
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from fizzbot.train.data import IGNORE_INDEX
+from fizzbot.train.data import IGNORE_INDEX, collate
 
 # Rows of logits materialised at once (x vocabulary x 4 bytes): 4096 x 152k is 2.5 GB in fp32.
 LOSS_CHUNK = 4096
@@ -79,25 +82,55 @@ class TargetOnlyLM(torch.nn.Module):
         return total
 
     @torch.no_grad()
-    def evaluate_batch(self, input_ids, attention_mask, labels, speaker_ids: torch.Tensor):
-        """(summed loss, target tokens, speaker predictions, true speakers) for one batch.
-
-        The speaker is predicted at each row's first target position, among speaker tokens only.
-        """
+    def evaluate_batch(self, input_ids, attention_mask, labels, speaker_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per row: summed target loss, target tokens, and logits over `speaker_ids` at the row's
+        first target position (where the model says who speaks next; zeros for a row with no target)."""
         hidden, targets, where = self.target_hidden(input_ids, attention_mask, labels)
         _, head = causal_lm_parts(self.model)
-        loss = hidden.new_zeros((), dtype=torch.float32)
-        first_rows = []
+        rows = input_ids.shape[0]
+        token_loss = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        speaker_logits = hidden.new_zeros((rows, len(speaker_ids)), dtype=torch.float32)
         # Index (into the gathered positions) of each row's first target position.
         counts = where.sum(dim=1)
         firsts = torch.cumsum(counts, 0) - counts
         for start in range(0, hidden.shape[0], LOSS_CHUNK):
             logits = head(hidden[start : start + LOSS_CHUNK]).float()
-            loss += F.cross_entropy(logits, targets[start : start + LOSS_CHUNK], reduction="sum")
+            token_loss[start : start + logits.shape[0]] = F.cross_entropy(logits, targets[start : start + LOSS_CHUNK], reduction="none")
             in_chunk = (firsts >= start) & (firsts < start + logits.shape[0]) & (counts > 0)
             if in_chunk.any():
-                picked = logits[firsts[in_chunk] - start][:, speaker_ids]
-                first_rows.append((picked.argmax(dim=1), targets[firsts[in_chunk]]))
-        predicted = speaker_ids[torch.cat([p for p, _ in first_rows])] if first_rows else speaker_ids[:0]
-        truth = torch.cat([t for _, t in first_rows]) if first_rows else speaker_ids[:0]
-        return loss, targets.numel(), predicted, truth
+                speaker_logits[in_chunk] = logits[firsts[in_chunk] - start][:, speaker_ids]
+        row_of = where.nonzero()[:, 0]  # gathered positions are in row-major order
+        row_loss = torch.zeros(rows, dtype=torch.float32, device=hidden.device).index_add_(0, row_of, token_loss)
+        return row_loss, counts, speaker_logits
+
+
+@dataclass
+class RowScores:
+    """A model's scores of tokenised rows, one entry per row (in the order of the indices scored)."""
+
+    rows: np.ndarray  # the indices scored
+    loss: np.ndarray  # summed target loss (nats)
+    tokens: np.ndarray  # target tokens
+    speaker_logits: np.ndarray  # [rows, speakers] at the first target position
+
+
+@torch.no_grad()
+def score_rows(objective: TargetOnlyLM, rows, batches: list[np.ndarray], pad_id: int, speaker_ids: torch.Tensor, device: torch.device) -> RowScores:
+    """Score `rows` batch by batch (each batch an array of row indices): what evaluation reads."""
+    was_training = objective.training
+    objective.eval()
+    losses, tokens, logits = [], [], []
+    for indices in batches:
+        b = collate(rows, indices, pad_id)
+        loss, n, speakers = objective.evaluate_batch(b.input_ids.to(device), b.attention_mask.to(device), b.labels.to(device), speaker_ids)
+        losses.append(loss.cpu().numpy())
+        tokens.append(n.cpu().numpy())
+        logits.append(speakers.cpu().numpy())
+    objective.train(was_training)
+    width = len(speaker_ids)
+    return RowScores(
+        np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64),
+        np.concatenate(losses) if losses else np.zeros(0),
+        np.concatenate(tokens) if tokens else np.zeros(0),
+        np.concatenate(logits) if logits else np.zeros((0, width)),
+    )
