@@ -563,5 +563,12 @@ def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str =
     ensure_ray()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_deployment(cfg), name=name, route_prefix=route_prefix, blocking=False)
-    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
-    return f"http://{host}:{cfg.serve.port}{route_prefix.rstrip('/')}"
+    # The proxy that answers is the one Serve started first on this cluster: its address, not the
+    # config's, is where this application is (a second app with another serve.port shares it).
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    if int(http.port) != cfg.serve.port:
+        logger.warning("Serve already listens on port %s on this cluster: serve.port=%s is not used", http.port, cfg.serve.port)
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
+    return f"http://{host}:{http.port}{route_prefix.rstrip('/')}"
