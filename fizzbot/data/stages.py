@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fizzbot.data.clean import DROP_REASONS, FloodFilter, drop_reason, scrub_pii
+from fizzbot.data.clean import DROP_REASONS, FloodFilter, apply_placeholder, drop_reason, duplicate_flags, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
 from fizzbot.data.messages import InputError, Message, ReadOptions
 from fizzbot.chat.speakers import SpeakerMap
@@ -30,6 +30,8 @@ from fizzbot.data.windows import WindowSettings, segment_id, split_segments, win
 # Message length histogram: fixed bins (characters) so that per-shard histograms add up.
 LENGTH_BINS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 10**9)
 MAX_ERROR_SAMPLES = 20
+# Samples kept of each kind of skipped record (so a rare kind is not crowded out by a common one).
+SAMPLES_PER_KIND = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class PrepareSettings:
     gap_seconds: float
     shard_messages: int
     window: WindowSettings
+    timezone: str | None = None
+    # Placeholder text per attachment kind; None drops attachment-only messages (data.keep_attachments).
+    placeholders: dict[str, str] | None = field(default_factory=lambda: {"file": "[file]"})
 
     @classmethod
     def from_config(cls, data) -> "PrepareSettings":
@@ -63,6 +68,8 @@ class PrepareSettings:
             flood_min_chars=data.flood_min_chars,
             gap_seconds=data.conversation_gap_minutes * 60.0,
             shard_messages=data.shard_messages,
+            timezone=data.timezone,
+            placeholders=data.attachment_placeholders.model_dump() if data.keep_attachments else None,
             window=WindowSettings(
                 min_context=data.min_context_messages,
                 max_context=data.max_context_messages,
@@ -87,11 +94,11 @@ def _load(path: str | Path):
 
 
 def _as_tuple(m: Message) -> tuple:
-    return (m.channel, m.author_id, m.username, m.content, m.ts, m.order, m.format)
+    return (m.channel, m.author_id, m.username, m.content, m.ts, m.order, m.format, m.msg_id)
 
 
 def _from_tuple(t: tuple) -> Message:
-    return Message(channel=t[0], author_id=t[1], username=t[2], content=t[3], ts=t[4], order=t[5], format=t[6])
+    return Message(channel=t[0], author_id=t[1], username=t[2], content=t[3], ts=t[4], order=t[5], format=t[6], msg_id=t[7])
 
 
 # --- per-channel counters ------------------------------------------------------------------------
@@ -106,12 +113,14 @@ class ChannelStats:
     segments: int = 0
     train_examples: int = 0
     val_examples: int = 0
+    placeholders: int = 0  # attachment-only messages kept as their placeholder text
 
     def merge(self, other: "ChannelStats") -> None:
         self.format = self.format or other.format
         self.read += other.read
         self.kept += other.kept
         self.dropped.update(other.dropped)
+        self.placeholders += other.placeholders
         self.segments += other.segments
         self.train_examples += other.train_examples
         self.val_examples += other.val_examples
@@ -122,6 +131,7 @@ class ChannelStats:
             "read": self.read,
             "kept": self.kept,
             "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS},
+            "attachment_placeholders": self.placeholders,
             "segments": self.segments,
             "examples": {"train": self.train_examples, "val": self.val_examples},
         }
@@ -151,12 +161,32 @@ class ReadResult:
     unit_index: int
     runs: list[RunInfo]
     stats: dict[str, ChannelStats]
-    errors: list[dict]
+    errors: list[dict]  # samples of the skipped records, a few of each kind
     error_count: int
+    error_kinds: Counter = field(default_factory=Counter)  # skipped records per kind
+    warnings: list[dict] = field(default_factory=list)
+
+
+def sample_errors(errors: list[InputError], limit: int = MAX_ERROR_SAMPLES) -> list[dict]:
+    """Up to `limit` errors as dicts, at most SAMPLES_PER_KIND of each kind, in the order they came."""
+    taken: Counter = Counter()
+    samples = []
+    for error in errors:
+        if len(samples) >= limit:
+            break
+        if taken[error.kind] < SAMPLES_PER_KIND:
+            taken[error.kind] += 1
+            samples.append(error.to_dict())
+    return samples
 
 
 def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadResult:
-    opts = ReadOptions(on_error=settings.on_error, irc_channel=settings.irc_channel, max_message_chars=settings.max_message_chars)
+    opts = ReadOptions(
+        on_error=settings.on_error,
+        irc_channel=settings.irc_channel,
+        max_message_chars=settings.max_message_chars,
+        timezone=settings.timezone,
+    )
     by_channel: dict[str, list[Message]] = {}
     stats: dict[str, ChannelStats] = {}
     try:
@@ -165,6 +195,8 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
             if channel_stats is None:
                 channel_stats = stats[message.channel] = ChannelStats(format=message.format)
             channel_stats.read += 1
+            if message.attachment is not None and apply_placeholder(message, settings.placeholders):
+                channel_stats.placeholders += 1
             reason = drop_reason(message, drop_bots=settings.drop_bots, bot_usernames=settings.bot_usernames)
             if reason is not None:
                 channel_stats.dropped[reason] += 1
@@ -173,8 +205,8 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
                 message.content = scrub_pii(message.content)
             by_channel.setdefault(message.channel, []).append(message)
     except InputError as error:
-        # A whole-file problem (empty, malformed JSON document, not UTF-8): under `skip` the file is
-        # one skipped record, like a bad line; under `fail` it stops the run.
+        # A whole-file problem (empty, malformed JSON document, not UTF-8, not the format at all):
+        # under `skip` the file is one skipped record, like a bad line; otherwise it stops the run.
         if settings.on_error != "skip":
             raise
         opts.errors.append(error)
@@ -184,8 +216,15 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
         path = work / "runs" / f"{unit.index:06d}-{number:03d}.pkl"
         _dump(path, [_as_tuple(m) for m in messages])
         runs.append(RunInfo(channel, str(path), len(messages), messages[0].ts, messages[-1].ts))
-    errors = [e.to_dict() for e in opts.errors[:MAX_ERROR_SAMPLES]]
-    return ReadResult(unit.index, runs, stats, errors, len(opts.errors))
+    return ReadResult(
+        unit.index,
+        runs,
+        stats,
+        sample_errors(opts.errors),
+        len(opts.errors),
+        Counter(error.kind for error in opts.errors),
+        [w.to_dict() for w in opts.warnings[:MAX_ERROR_SAMPLES]],
+    )
 
 
 # --- between stages 1 and 2: clusters ------------------------------------------------------------
@@ -246,11 +285,15 @@ class SegmentResult:
     flood_dropped: int
     kept: int
     lengths: list[int]
+    duplicate_dropped: int = 0
 
 
 def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path) -> SegmentResult:
     runs = [[_from_tuple(t) for t in _load(path)] for path in cluster.run_paths]
     messages = runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=Message.sort_key))
+    duplicates = duplicate_flags(runs, messages) if len(runs) > 1 else None
+    if duplicates is not None:
+        messages = [m for m, duplicate in zip(messages, duplicates) if not duplicate]
     flags = FloodFilter(settings.flood_min_authors, settings.flood_window_seconds, settings.flood_min_chars).flags(messages)
     kept = [m for m, flood in zip(messages, flags) if not flood]
     segments = split_segments(kept, settings.gap_seconds)
@@ -294,6 +337,7 @@ def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path) -> Se
         flood_dropped=sum(flags),
         kept=len(kept),
         lengths=lengths,
+        duplicate_dropped=sum(duplicates) if duplicates is not None else 0,
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fizzbot.config import ConfigError, FizzbotConfig
-from fizzbot.artifacts.io import atomic_write_text
+from fizzbot.artifacts.io import atomic_write_text, claim_folder
 from fizzbot.errors import InputError
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.artifacts import checkpoint as ckpt
@@ -226,6 +226,8 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
     elif is_remote(cfg.run.dir):
         raise ConfigError(f"run.dir={cfg.run.dir} is a URI: that needs Ray Train's storage (drop --no-ray)")
     check_environment(cfg, use_ray)
+    if not is_remote(cfg.run.dir):  # never write into (or resume from) a folder fizzbot did not make
+        claim_folder(Path(cfg.run.dir) / cfg.run.name, key="run.dir", written_by="fizzbot train")
     run, resuming = choose_run_dir(cfg)
     run_dir = run.local_dir
     run_dir.mkdir(parents=True, exist_ok=True)
