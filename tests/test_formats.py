@@ -215,7 +215,7 @@ def test_discord_csv_bad_rows_name_their_line(tmp_path):
     assert [(e.line, e.field) for e in opts.errors] == [(5, "Date"), (6, "AuthorID")]
 
     wrong = write(tmp_path / "other.csv", "Name,When,Text\nx,y,z\n")
-    with pytest.raises(InputError, match=r"other\.csv:1: not a DiscordChatExporter CSV: header lacks AuthorID"):
+    with pytest.raises(InputError, match=r"other\.csv:1: not a DiscordChatExporter CSV: header lacks Author, Date, Content"):
         read_all(wrong)
 
 
@@ -329,7 +329,7 @@ def test_slack_bad_records_are_named_by_day_file_and_field(tmp_path):
     write(export / "general" / "2020-01-03.json", json.dumps([
         {"type": "message", "user": "U1", "text": "no ts"},
         {"type": "message", "user": "U1", "text": "ts of a wrong type", "ts": ["1577836800"]},
-        {"type": "message", "user": "U1", "ts": "1578009600.0001"},
+        {"type": "message", "user": "U1", "text": 42, "ts": "1578009600.0001"},
         {"type": "message", "user": "U1", "text": "fine", "ts": "1578009601.0001"},
     ]))
     write(export / "random" / "2020-01-03.json", '[{"type": "message",\n "ts": "1", "text": oops}]')
@@ -346,6 +346,8 @@ def test_slack_bad_records_are_named_by_day_file_and_field(tmp_path):
             whole_file_errors.append(str(error))
     assert "fine" in good and "day two" in good
     assert [(e.path, e.field) for e in opts.errors] == [(day, "[0].ts"), (day, "[1].ts"), (day, "[2].text")]
+    assert [e.kind for e in opts.errors] == ["ts: missing", "ts: expected a string of epoch seconds, got list",
+                                             "text: expected a string, got int"]
     assert whole_file_errors == [f"{export}/random/2020-01-03.json:2: malformed JSON: Expecting value (column 21)"]
 
 

@@ -165,9 +165,21 @@ def naive_to_utc(moment: dt.datetime, tz: dt.tzinfo) -> float:
     return moment.replace(tzinfo=tz).timestamp()
 
 
+def safe_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (JSON's `\\ud83d` of a cut emoji) becomes `?`, since
+    nothing can write it as UTF-8 later."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def clean_content(text: str, max_chars: int) -> str:
     """Edge whitespace off, typed look-alikes of special tokens defused, over-long text cut."""
-    text = defuse_special_tokens(text.strip())
+    text = defuse_special_tokens(safe_text(text).strip())
     if len(text) > max_chars:
         text = text[:max_chars].rstrip() + " …"
     return text

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from fizzbot.artifacts.io import OWNER_MARKER
-from fizzbot.data.messages import InputError, Message, ReadOptions
+from fizzbot.data.messages import InputError, Message, ReadOptions, safe_text
 
 FORMATS = ("seed", "discord", "discord_csv", "slack", "telegram", "irc", "whatsapp", "matrix")
 # Formats of lines or records with no header to check: a file of which no record can be read is not
@@ -77,6 +77,10 @@ def read_unit(unit: SourceUnit, opts: ReadOptions) -> Iterator[Message]:
         message.order = base + position
         if message.ts.__class__ is not float:  # every reader yields floats; this keeps it so downstream
             message.ts = float(message.ts)
+        if not (message.username.isascii() and message.author_id.isascii() and message.channel.isascii()):
+            message.username = safe_text(message.username)
+            message.author_id = safe_text(message.author_id)
+            message.channel = safe_text(message.channel)
         yield message
     if position < 0 and unit.format in _HEADERLESS and len(opts.errors) > errors_before:
         first = opts.errors[errors_before]

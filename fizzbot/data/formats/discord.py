@@ -249,6 +249,7 @@ def _streamed_document(path: str) -> tuple[dict, Iterator[tuple[int, Any]]]:
     import ijson
 
     header: dict = {}
+    key = "(the document's start)"  # where a syntax error is: the top-level key being read
     with _open_json(path) as fh:
         events = ijson.parse(fh, use_float=True)
         try:
@@ -258,15 +259,18 @@ def _streamed_document(path: str) -> tuple[dict, Iterator[tuple[int, Any]]]:
             for prefix, event, value in events:
                 if prefix != "" or event != "map_key":
                     continue
+                key = value
                 if value == "messages":
                     break
                 header[value] = _build_value(events)
             else:
                 raise InputError("missing or not a list", path=path, field="messages")
         except StopIteration:
-            raise InputError("malformed JSON: the document ends early", path=path) from None
+            raise InputError("malformed JSON: the document ends early", path=path, field=key) from None
         except ijson.JSONError as exc:
-            raise InputError(f"malformed JSON: {_json_error(exc)}", path=path) from None
+            raise InputError(f"malformed JSON: {_json_error(exc)}", path=path, field=key) from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8: {exc.reason}", path=path, field=key) from None
     return header, _streamed_messages(path)
 
 
@@ -297,6 +301,8 @@ def _streamed_messages(path: str) -> Iterator[tuple[int, Any]]:
                 index += 1
         except ijson.JSONError as exc:
             raise InputError(f"malformed JSON: {_json_error(exc)}", path=path, field=f"messages[{index}]") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8: {exc.reason}", path=path, field=f"messages[{index}]") from None
 
 
 def read_json(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:

@@ -137,9 +137,10 @@ _CHANNEL_HINT_RE = re.compile(
     r"|-[^\s:!<>-][^\s:<>]*:(#\S+?)- |\([^\s/()<>]+/(#[^\s)]+)\) )"
 )
 # `#ubuntu.log`, `#ubuntu.2020-01-01.log`, `freenode_#ubuntu_20200101.log`, `irc.libera.#rust.weechatlog`,
-# or a folder `#ubuntu`.
-_PATH_CHANNEL_RE = re.compile(
-    r"(#[^\s/\\]+?)(?:[._-]\d{4}[-.]?\d\d[-.]?\d\d.*)?(?:\.(?:log|txt|weechatlog))?$", re.IGNORECASE
+# `#rust.log.29May2018`, or a folder `#ubuntu`: the `#chan` without what follows it (a date, the extension).
+_PATH_CHANNEL_RE = re.compile(r"#[^\s/\\]+")
+_PATH_CHANNEL_TAIL_RE = re.compile(
+    r"(?:[._-]\d{4}[-.]?\d\d[-.]?\d\d.*|\.(?:log|txt|weechatlog)(?:\..*)?)$", re.IGNORECASE
 )
 # How many files of a folder to look through for the channel their lines name (see `_folder_channel`).
 _FOLDER_SCAN_FILES = 64
@@ -399,7 +400,9 @@ def _channel(lines: list[str], path: Path, opts: ReadOptions) -> str:
     for part in (path.name, path.parent.name):
         m = _PATH_CHANNEL_RE.search(part)
         if m:
-            return m.group(1).lower()
+            name = _PATH_CHANNEL_TAIL_RE.sub("", m.group(0))
+            if len(name) > 1:
+                return name.lower()
     try:
         mtime_ns = path.parent.stat().st_mtime_ns
     except OSError:

@@ -107,7 +107,7 @@ def _first_pass(events: list) -> tuple[dict[str, str], dict[str, dict], set[str]
         rel_type, target, _ = _relation(content)
         if rel_type == "m.replace" and target and isinstance(content.get("m.new_content"), dict):
             ts = event.get("origin_server_ts")
-            ts = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0
+            ts = ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) and abs(ts) < 1e20 else 0
             if target not in edits or ts >= edits[target][0]:
                 edits[target] = (ts, content["m.new_content"])
         elif rel_type == "m.thread" and target:
@@ -166,6 +166,7 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                     if event_id in edits:
                         content = edits[event_id]
                     msgtype = content.get("msgtype")
+                    msgtype = msgtype if isinstance(msgtype, str) else repr(msgtype)[:40]
                     body = content.get("body")
                     if msgtype in TEXT_TYPES:
                         if not isinstance(body, str):

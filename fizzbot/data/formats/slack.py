@@ -15,7 +15,9 @@ Traps, and what this reader does about them:
   Names: `users.json` is read once per export (cached) and gives `profile.display_name`, else
   `real_name`, else `name`; a message's own `user_profile` wins (it is the name at the time).
 - Subtypes, old and new: ordinary messages (`me_message` rendered `/me text`, `thread_broadcast`,
-  `reply_broadcast`, `file_share`, `file_comment` (the words are `comment.comment`), `file_mention`);
+  `reply_broadcast`, `file_comment` (the words are `comment.comment`), `file_share` and `file_mention`
+  (old exports wrote `<@U1|alice> uploaded a file: <url|name>` for them: the uploader's words are what
+  follows ` and commented: `, else the message is attachment-only));
   bots (`bot_message`, `slackbot_response`, anything with a `bot_id`, a user marked `is_bot`); system
   events (joins `<@U1> has joined the channel`, leaves, topic, purpose, name, archive, pins,
   `bot_add`, `tombstone`, `message_changed`/`message_deleted`, huddles, ...): flagged `is_system`.
@@ -69,6 +71,9 @@ SYSTEM_SUBTYPES = frozenset({
 SLACKBOT = "USLACKBOT"
 
 _DAY_FILE_RE = re.compile(r"(?:^|/)([^/]+)/(\d{4}-\d\d-\d\d)\.json$")
+# Old exports (to 2017) wrote a file share's text for it: `<@U1|alice> uploaded a file: <url|name>`,
+# with the uploader's own words, if any, after ` and commented: `.
+_UPLOAD_RE = re.compile(r"<@[^>]+> (?:uploaded|shared|mentioned) a file: <[^>]*>(?: and commented: (.*))?$", re.DOTALL)
 _MARKUP_RE = re.compile(r"<([^<>\n]+)>")
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 _MAX_BLOCK_DEPTH = 12
@@ -325,6 +330,10 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
             text = _optional_str(record, "text", label, prefix + ".text") or ""
             if subtype == "file_comment" and comment is not None and isinstance(comment.get("comment"), str):
                 text = comment["comment"]
+            elif subtype in ("file_share", "file_mention"):
+                upload = _UPLOAD_RE.match(text)
+                if upload:
+                    text = upload.group(1) or ""
             bot_name = _first_text(record.get("username")) or _profile_name(record.get("bot_profile"))
             if is_bot and (subtype in BOT_SUBTYPES or not user_id):
                 author_id = bot_id or user_id or bot_name
