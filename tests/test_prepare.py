@@ -250,7 +250,7 @@ def test_ray_workers_get_absolute_paths_and_clean_errors(tmp_path, ray_local, mo
     with open(bad / "c.jsonl", "a", encoding="utf-8") as fh:
         fh.write('{"username": "a", "content": "x", "timestamp": \n')
     with pytest.raises(InputError, match=r"c\.jsonl:4: malformed JSON"):
-        prepare(config(Path("bad"), Path("out2")), use_ray=True, report=False)
+        prepare(config(Path("bad"), Path("out2"), on_error="fail"), use_ray=True, report=False)
     assert not (tmp_path / "out2").exists() and leftovers(tmp_path / "out2") == []
 
 

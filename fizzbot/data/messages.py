@@ -179,7 +179,7 @@ def safe_text(text: str) -> str:
 
 def clean_content(text: str, max_chars: int) -> str:
     """Edge whitespace off, typed look-alikes of special tokens defused, over-long text cut."""
-    text = defuse_special_tokens(safe_text(text).strip())
+    text = defuse_special_tokens(text.strip())
     if len(text) > max_chars:
         text = text[:max_chars].rstrip() + " …"
     return text

@@ -73,14 +73,14 @@ def read_unit(unit: SourceUnit, opts: ReadOptions) -> Iterator[Message]:
     base = unit.index << 32
     errors_before = len(opts.errors)
     position = -1
+    # JSON can spell a lone surrogate (`\ud83d`), which nothing can write as UTF-8; decoded text cannot.
+    from_json = unit.format not in _HEADERLESS and unit.format != "discord_csv"
     for position, message in enumerate(reader(unit, opts)):
         message.order = base + position
         if message.ts.__class__ is not float:  # every reader yields floats; this keeps it so downstream
             message.ts = float(message.ts)
-        if not (message.username.isascii() and message.author_id.isascii() and message.channel.isascii()):
-            message.username = safe_text(message.username)
-            message.author_id = safe_text(message.author_id)
-            message.channel = safe_text(message.channel)
+        if from_json:
+            _make_writable(message)
         yield message
     if position < 0 and unit.format in _HEADERLESS and len(opts.errors) > errors_before:
         first = opts.errors[errors_before]
@@ -92,6 +92,14 @@ def read_unit(unit: SourceUnit, opts: ReadOptions) -> Iterator[Message]:
             field=first.field,
             kind=f"not a {unit.format} file",
         )
+
+
+def _make_writable(message: Message) -> None:
+    if not (message.content.isascii() and message.username.isascii() and message.author_id.isascii() and message.channel.isascii()):
+        message.content = safe_text(message.content)
+        message.username = safe_text(message.username)
+        message.author_id = safe_text(message.author_id)
+        message.channel = safe_text(message.channel)
 
 
 def _first_lines(text: str, count: int = 5) -> list[str]:

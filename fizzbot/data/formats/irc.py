@@ -77,7 +77,8 @@ _MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if na
 
 # The common line, `[HH:MM] <nick> text` (and `[HH:MM:SS]`), gets one regex; the rest take the general path.
 # `<-- nick has quit (bye >)` is a system line, not a message from "-- nick has quit (bye ".
-_FAST_RE = re.compile(r"\[(\d\d):(\d\d)(?::(\d\d))?\] <(?!-- )([^>]+)> ?(.*)")
+# Only valid times and non-blank nicks take it: anything odd goes the general way, which names the problem.
+_FAST_RE = re.compile(r"\[([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d|60))?\] <(?!-- ) *([^>\s][^>]*)> ?(.*)")
 # Any timestamp prefix: an optional channel before a date or a bracketed time; an optional date
 # (ISO, or HexChat's month and day); the time with optional seconds, fraction, AM/PM and offset.
 _STAMP_RE = re.compile(
@@ -150,6 +151,7 @@ _BOT_NICK_RE = re.compile(r"(?:bot+u?\d*_*|serv)$", re.IGNORECASE)
 _NICK_MODES = "@+%&~!"
 # mIRC formatting: colour (\x03 with up to two colour numbers), bold, italic, underline, strike, reverse, reset.
 _CONTROL_RE = re.compile(r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|[\x02\x0f\x11\x16\x1d\x1e\x1f]")
+_CONTROL_BYTES = (b"\x02", b"\x03", b"\x0f", b"\x11", b"\x16", b"\x1d", b"\x1e", b"\x1f")
 
 
 def strip_formatting(text: str) -> str:
@@ -295,6 +297,23 @@ class _Clock:
             self.max_hour = hour
         return self.base + secs
 
+    def at(self, hour: int, minute: int, second: int) -> float:
+        """`utc(wall(...))` for the common line, in one call (the reader's hot path)."""
+        secs = hour * 3600 + minute * 60 + second
+        if secs < self.prev:
+            twelve_hour = self.max_hour <= 12 and self.prev >= 11 * 3600 and secs < 2 * 3600
+            self.base += HALF_DAY if twelve_hour else DAY
+        self.prev = secs
+        if hour > self.max_hour:
+            self.max_hour = hour
+        if self.tz is not None:
+            return self.utc(self.base + secs)
+        ts = self.base + secs
+        if ts < self.last:
+            ts = self.last
+        self.last = ts
+        return ts
+
     def utc(self, wall: float, offset_s: int | None = None) -> float:
         """The real epoch of a wall-clock epoch, never before the previous one of the file."""
         if offset_s is not None:
@@ -416,20 +435,22 @@ def _line_channel(name: str) -> str:
     return name if name[:1] in "#&+!" else "#" + name
 
 
-def _lines(path: Path, opts: ReadOptions) -> list[str]:
+def _lines(path: Path, opts: ReadOptions) -> tuple[list[str], bool]:
+    """The file's lines, and whether it holds any mIRC formatting code (one scan of its bytes)."""
     from fizzbot.data.formats import read_bytes, read_lines
 
-    return read_lines(str(path), read_bytes(path), opts)
+    raw = read_bytes(path)
+    return read_lines(str(path), raw, opts), any(code in raw for code in _CONTROL_BYTES)  # memchr: fast
 
 
 def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
     path = Path(unit.path)
     label = str(path)
-    lines = _lines(path, opts)
+    # mIRC formatting codes are rare: one look at the file spares most lines a check of their own.
+    lines, formatted = _lines(path, opts)
     channel = _channel(lines, path, opts)
     clock = _Clock(path_day(path), opts.tz)
     max_chars = opts.max_message_chars
-    yielded = False
     # nick as written -> (username, author_id, is_bot), computed once per nick (`who` fills it in).
     nicks: dict[str, tuple[str, str, bool]] = {}
 
@@ -447,31 +468,28 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
         if fast is not None:
             hh, mm, ss, raw_nick, body = fast.groups()
             username, author_id, is_bot = nicks.get(raw_nick) or who(raw_nick)
-            if not author_id or hh > "23" or mm > "59" or (ss is not None and ss > "60"):
-                kind = "no nick" if not author_id else "not a time of day"
-                opts.bad(InputError(f"{kind}: {line[:80]!r}", path=label, line=number, kind=kind))
-                continue
-            ts = clock.utc(clock.wall(int(hh), int(mm), int(ss) if ss else 0))
-            if not body.isprintable():
+            ts = clock.at(int(hh), int(mm), int(ss) if ss else 0)
+            if formatted and not body.isprintable():
                 body = _CONTROL_RE.sub("", body)
-            yielded = True
             # Positional: keywords cost 0.25 s per million messages. Fields: channel, author_id,
             # username, content, ts, order, is_bot, is_system, format (the shape tests pin them).
             yield Message(channel, author_id, username, clean_content(body, max_chars), ts, 0, is_bot, False, FORMAT)
             continue
 
-        line = strip_formatting(line)
-        if _MARKER_RE.match(line):
-            date = _WORDS_DATE_RE.search(line)
-            if date is not None:
-                month_name, day, year = date.groups()
-                clock.set_date(int(year), _MONTHS[month_name], int(day))
-            continue
-        ident = _SESSION_IDENT_RE.match(line)
-        if ident is not None:
-            if not opts.irc_channel:
-                channel = ident.group(1).lower()
-            continue
+        if formatted:
+            line = strip_formatting(line)
+        if line[0] in "-*S":  # markers: `--- Log opened`, `**** BEGIN LOGGING`, `Session Start:`
+            if _MARKER_RE.match(line):
+                date = _WORDS_DATE_RE.search(line)
+                if date is not None:
+                    month_name, day, year = date.groups()
+                    clock.set_date(int(year), _MONTHS[month_name], int(day))
+                continue
+            ident = _SESSION_IDENT_RE.match(line)
+            if ident is not None:
+                if not opts.irc_channel:
+                    channel = ident.group(1).lower()
+                continue
 
         line_channel = channel
         offset_s = None
@@ -518,14 +536,12 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
             username, author_id, is_bot = nicks.get(raw_nick) or who(raw_nick)
             if kind == "action":
                 content = "/me " + content if content else ""
-            yielded = True
             yield Message(
                 line_channel, author_id, username, clean_content(content, max_chars), ts,
                 is_bot=is_bot or kind == "notice", format=FORMAT,
             )
         elif kind == "system":
             nick = raw_nick.strip() or "*"
-            yielded = True
             yield Message(line_channel, nick.lower(), nick, clean_content(content, max_chars), ts, is_system=True, format=FORMAT)
         elif kind == "marker":
             date = _WORDS_DATE_RE.search(content)
@@ -534,7 +550,7 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                 clock.set_date(int(year), _MONTHS[month_name], int(day))
         elif line.strip():
             opts.bad(InputError(f"not an IRC line of a known shape: {line[:80]!r}", path=label, line=number))
-    if yielded and not clock.dated:
+    if clock.last != float("-inf") and not clock.dated:  # some line was read, and nothing gave its date
         opts.warn(InputError(
             "no date in the log, its file name or its folders: read as 1970-01-01 "
             "(put the date in the name, e.g. 2020-01-01.log)",
