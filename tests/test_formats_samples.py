@@ -28,6 +28,7 @@ from export_samples import (
     dce,
     dce_message,
     element_export,
+    SLACK_2016_DAY,
     make_2016_export,
     telegram_forum,
     utc,
@@ -417,3 +418,15 @@ def test_every_sample_is_detected_in_one_folder(tmp_path):
     formats = sorted({u.format for u in units})
     assert formats == ["discord", "irc", "slack", "whatsapp"]
     assert sum(u.format == "irc" for u in units) == len(CLIENTS)
+
+
+def test_a_slack_export_without_its_listings_is_still_one_export(tmp_path):
+    """Some export tools write the channel folders only: names then come from each message's profile."""
+    root = tmp_path / "export"
+    write(root / "general" / "2016-03-27.json", json.dumps(SLACK_2016_DAY[:2]))
+    write(root / "random" / "2016-03-28.json", json.dumps([
+        {"type": "message", "user": "U1", "text": "hi", "ts": "1459183300.000001", "user_profile": {"real_name": "Alice"}}]))
+    units = expand_inputs([str(root)])
+    assert [(u.format, u.channel) for u in units] == [("slack", "general"), ("slack", "random")]
+    messages, _ = read(root)
+    assert [(m.channel, m.username, m.content) for m in messages][-1] == ("random", "Alice", "hi")

@@ -185,10 +185,21 @@ def _sniff(path: Path) -> str:
 
 
 def _is_slack_folder(path: Path) -> bool:
+    """A Slack export: its listings, or (some export tools leave them out) channel folders of day files."""
     if not path.is_dir():
         return False
     if any((path / name).is_file() for name in ("channels.json", "users.json", "groups.json", "dms.json", "mpims.json")):
         return True
+    for folder in path.iterdir():
+        if folder.is_dir() and not folder.name.startswith("."):
+            day = next(folder.glob("[12][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9].json"), None)
+            if day is not None:
+                try:
+                    with day.open("rb") as fh:
+                        head = "".join(fh.read(2000).decode("utf-8", "replace").split())
+                except OSError:
+                    return False
+                return head.startswith("[") and '"ts":"' in head
     return False
 
 
