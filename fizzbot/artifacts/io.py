@@ -160,7 +160,7 @@ def check_output_folder(target: str | Path, *, inputs: list[str] = (), key: str 
     if marker is None:
         raise InputError(
             f"is a folder fizzbot did not write ({len(entries)} entries, no {OWNER_MARKER} marker); "
-            "choose a new or empty folder",
+            "choose a new or empty folder (or, if an older fizzbot wrote it, remove it)",
             path=str(path),
             field=key,
         )
