@@ -478,6 +478,8 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
 
         if formatted:
             line = strip_formatting(line)
+            if not line:
+                continue
         if line[0] in "-*S":  # markers: `--- Log opened`, `**** BEGIN LOGGING`, `Session Start:`
             if _MARKER_RE.match(line):
                 date = _WORDS_DATE_RE.search(line)
