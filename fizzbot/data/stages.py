@@ -98,7 +98,9 @@ def _as_tuple(m: Message) -> tuple:
 
 
 def _from_tuple(t: tuple) -> Message:
-    return Message(channel=t[0], author_id=t[1], username=t[2], content=t[3], ts=t[4], order=t[5], format=t[6], msg_id=t[7])
+    # Positional (channel, author_id, username, content, ts, order, is_bot, is_system, format, msg_id):
+    # keywords cost a tenth of a second per million messages, and every stage loads them.
+    return Message(t[0], t[1], t[2], t[3], t[4], t[5], False, False, t[6], t[7])
 
 
 # --- per-channel counters ------------------------------------------------------------------------
