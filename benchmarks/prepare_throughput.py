@@ -201,10 +201,14 @@ def run_plain(inputs: list[str], output: Path, repo: Path = REPO) -> dict:
     """One plain `prepare` in a child process, with the fizzbot of `repo` (this checkout, or a baseline)."""
     spec = json.dumps({"inputs": inputs, "output": str(output)})
     script = repo / "benchmarks" / "prepare_throughput.py"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, str(script), "--plain-child", spec], stdout=subprocess.PIPE, text=True, cwd=repo)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"the plain prepare failed (exit {proc.returncode})")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # CPU seconds of the child: on a machine others share, far steadier than the wall clock.
+    result["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["digest"] = digest(output)
     result["channels"] = sorted(json.loads((output / "stats.json").read_text(encoding="utf-8"))["channels"])
     return result
@@ -374,17 +378,17 @@ def main() -> int:
         for path in outputs.values():
             shutil.rmtree(path, ignore_errors=True)
 
-        baseline_seconds: list[float] = []
+        baseline_runs: list[dict] = []
         baseline_repo = Path(args.baseline).absolute() if args.baseline else None
         if baseline_repo is not None:
             log(f"baseline ({baseline_repo}) plain process on {corpus.messages:,} messages ...")
-            baseline_seconds.append(run_plain(inputs, work / "out-baseline", baseline_repo)["seconds"])
+            baseline_runs.append(run_plain(inputs, work / "out-baseline", baseline_repo))
             shutil.rmtree(work / "out-baseline", ignore_errors=True)
         log(f"plain process on {corpus.messages:,} messages ...")
         plain = run_plain(inputs, outputs["plain"])
         if baseline_repo is not None:
             log("baseline plain process again ...")
-            baseline_seconds.append(run_plain(inputs, work / "out-baseline", baseline_repo)["seconds"])
+            baseline_runs.append(run_plain(inputs, work / "out-baseline", baseline_repo))
             shutil.rmtree(work / "out-baseline", ignore_errors=True)
         log(f"Ray Data on {corpus.messages:,} messages ...")
         ray_run = run_ray(inputs, outputs["ray"], warm=args.warm)
@@ -434,12 +438,15 @@ def main() -> int:
     ]
     if ray_run["warm_seconds"]:
         lines.append(f"{'  second run, same Ray (--warm)':34}{ray_run['warm_seconds']:9.1f}{rate(n, ray_run['warm_seconds']):>13}")
-    if baseline_seconds:
-        mean = sum(baseline_seconds) / len(baseline_seconds)
+    if baseline_runs:
+        mean = sum(r["seconds"] for r in baseline_runs) / len(baseline_runs)
+        cpu = sum(r["cpu_seconds"] for r in baseline_runs) / len(baseline_runs)
+        runs_text = ", ".join(f"{r['seconds']:.1f}" for r in baseline_runs)
         lines += [
             f"{'baseline plain process':34}{mean:9.1f}{rate(n, mean):>13}   "
-            f"({args.baseline}; runs {', '.join(f'{x:.1f}' for x in baseline_seconds)} s, before and after)",
-            f"this checkout / baseline, plain: {mean / plain['seconds']:.2f}x the speed",
+            f"({args.baseline}; runs {runs_text} s, before and after)",
+            f"this checkout / baseline, plain: {mean / plain['seconds']:.2f}x the speed (wall clock); "
+            f"CPU seconds {plain['cpu_seconds']:.1f} against {cpu:.1f} ({cpu / plain['cpu_seconds']:.2f}x)",
         ]
     lines += [
         "",
