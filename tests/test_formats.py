@@ -3,7 +3,6 @@ real Ubuntu IRC logs read without a single error."""
 
 from __future__ import annotations
 
-import calendar
 import json
 import zipfile
 from collections import defaultdict
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from export_samples import utc, write
 from fizzbot.data.formats import _sniff, expand_inputs, read_unit
 from fizzbot.data.formats.discord import parse_locale_date
 from fizzbot.data.formats.slack import day_files
@@ -19,24 +19,11 @@ from fizzbot.data.messages import InputError, Message, ReadOptions
 UBUNTU_LOGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ubuntu-irc" / "logs"
 
 
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
-    return float(calendar.timegm((year, month, day, hour, minute, second)))
-
-
 def read_all(paths: list[Path] | Path, fmt: str = "auto", **opts) -> list[Message]:
     """Every message of `paths`, through the same expand/read path that `prepare` takes."""
     paths = paths if isinstance(paths, list) else [paths]
     options = ReadOptions(**opts)
     return [m for unit in expand_inputs([str(p) for p in paths], fmt) for m in read_unit(unit, options)]
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def by_content(messages: list[Message]) -> dict[str, Message]:

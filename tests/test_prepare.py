@@ -356,9 +356,8 @@ BAD_INPUTS = {
 }
 
 
-# Which cases are one bad record in a file of good ones (skipped under the default
-# data.on_error=skip_messages) and which are a file that is not its format at all (always an error).
-RECORD_CASES = ("malformed_json", "missing_field", "wrong_type", "not_utf8")
+# The cases that are a file not of its format at all (always an error); the others are one bad record
+# in a file of good ones (skipped under the default data.on_error=skip_messages).
 FILE_CASES = {
     "empty_file": r"c\.jsonl: empty file",
     "50MB_line": r"c\.jsonl:1: not a seed file: no record could be read \(the first: line of 50,000,0\d\d bytes",

@@ -251,7 +251,7 @@ class _Clock:
     """Turns the times of one file into epoch seconds that never go backwards.
 
     Times are wall-clock times: `base` is the epoch of the current day's midnight as if the wall clock
-    were UTC, plus the rollovers so far; a time-only stamp is `base + seconds into the day`. `utc` then
+    were UTC, plus the rollovers so far; a time-only stamp is `base + seconds into the day`. `utc`
     turns a wall-clock epoch into a real one (an explicit offset, else the configured zone).
     """
 
@@ -286,7 +286,8 @@ class _Clock:
     def year(self) -> int:
         return dt.datetime.fromtimestamp(self.base, dt.timezone.utc).year
 
-    def wall(self, hour: int, minute: int, second: int) -> float:
+    def at(self, hour: int, minute: int, second: int, offset_s: int | None = None) -> float:
+        """The epoch of a time of day on the current day (moving on a day when the clock went back)."""
         secs = hour * 3600 + minute * 60 + second
         if secs < self.prev:
             # A 12-hour clock wraps at 12 o'clock (written 12 or 00) into 1 (or 0) o'clock.
@@ -295,24 +296,13 @@ class _Clock:
         self.prev = secs
         if hour > self.max_hour:
             self.max_hour = hour
-        return self.base + secs
-
-    def at(self, hour: int, minute: int, second: int) -> float:
-        """`utc(wall(...))` for the common line, in one call (the reader's hot path)."""
-        secs = hour * 3600 + minute * 60 + second
-        if secs < self.prev:
-            twelve_hour = self.max_hour <= 12 and self.prev >= 11 * 3600 and secs < 2 * 3600
-            self.base += HALF_DAY if twelve_hour else DAY
-        self.prev = secs
-        if hour > self.max_hour:
-            self.max_hour = hour
-        if self.tz is not None:
-            return self.utc(self.base + secs)
-        ts = self.base + secs
-        if ts < self.last:
-            ts = self.last
-        self.last = ts
-        return ts
+        wall = self.base + secs
+        if offset_s is None and self.tz is None:  # UTC logs, the common case: `utc` inlined
+            if wall < self.last:
+                wall = self.last
+            self.last = wall
+            return wall
+        return self.utc(wall, offset_s)
 
     def utc(self, wall: float, offset_s: int | None = None) -> float:
         """The real epoch of a wall-clock epoch, never before the previous one of the file."""
@@ -494,7 +484,6 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                 continue
 
         line_channel = channel
-        offset_s = None
         stamp = _STAMP_RE.match(line)
         if stamp is not None:
             g = stamp.group
@@ -518,8 +507,7 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                     opts.bad(InputError(f"not a date: {line[:40]!r}", path=label, line=number, kind="not a date"))
                     continue
                 clock.dated = clock_dated
-            offset_s = _offset_seconds(g("tz"))
-            wall = clock.wall(hour, minute, second)
+            ts = clock.at(hour, minute, second, _offset_seconds(g("tz")))
             if g("chan") and not opts.irc_channel:
                 line_channel = _line_channel(g("chan"))
             body = line[stamp.end():]
@@ -527,7 +515,6 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                 kind, raw_nick, content = _classify_tabbed(body)
             else:
                 kind, raw_nick, content = _classify(body.lstrip(" ").replace("\t", " ", 1))
-            ts = clock.utc(wall, offset_s)
         else:
             ts = clock.last if clock.last != float("-inf") else clock.utc(clock.base)
             kind, raw_nick, content = _classify(line.replace("\t", " ", 1))
