@@ -239,12 +239,12 @@ def test_discord_json_is_streamed_above_a_size(tmp_path, monkeypatch):
 
 
 def test_discord_json_streaming_memory_stays_flat(tmp_path, monkeypatch):
-    """A 30 MB export streamed holds one message at a time (peak traced memory far below the file)."""
+    """A 16 MB export streamed holds one message at a time (peak traced memory far below the file)."""
     import tracemalloc
 
-    big = [dce_message(i % 60, "x" * 2000) for i in range(15_000)]
+    big = [dce_message(i % 60, "x" * 2000) for i in range(8_000)]
     path = write(tmp_path / "big.json", dce(big))
-    assert path.stat().st_size > 30_000_000
+    assert path.stat().st_size > 16_000_000
     monkeypatch.setattr(discord, "STREAM_ABOVE_BYTES", 1 << 20)
     tracemalloc.start()
     try:
@@ -252,8 +252,8 @@ def test_discord_json_streaming_memory_stays_flat(tmp_path, monkeypatch):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert count == 15_000
-    assert peak < 5_000_000, peak
+    assert count == 8_000
+    assert peak < 3_000_000, peak
 
 
 @pytest.mark.parametrize(
