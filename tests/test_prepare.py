@@ -408,7 +408,7 @@ def test_by_default_bad_records_are_skipped_and_files_not_of_the_format_fail(tmp
     assert count == 1 and kind == stats["errors"]["samples"][0]["kind"]
     assert summary.messages_read == 10 + {"malformed_json": 2, "missing_field": 2, "wrong_type": 2, "not_utf8": 1}[case]
     # The printed summary says what was skipped.
-    assert f"skipped 1 records that could not be read (1 {kind})" in capsys.readouterr().err
+    assert f"skipped 1 record that could not be read (1 {kind})" in capsys.readouterr().err
 
 
 def test_skipped_records_are_counted_per_kind_with_samples_of_each(tmp_path):

@@ -292,7 +292,8 @@ def summary_lines(stats_doc: dict) -> list[str]:
     if errors["skipped"]:
         kinds = ", ".join(f"{n:,} {kind}" for kind, n in list(errors["by_kind"].items())[:6])
         more = f", and {len(errors['by_kind']) - 6} more kinds" if len(errors["by_kind"]) > 6 else ""
-        lines.append(f"skipped {errors['skipped']:,} records that could not be read ({kinds}{more}); samples in stats.json")
+        records = "record" if errors["skipped"] == 1 else "records"
+        lines.append(f"skipped {errors['skipped']:,} {records} that could not be read ({kinds}{more}); samples in stats.json")
     totals = stats_doc["totals"]
     if totals["dropped"].get("duplicate"):
         lines.append(f"{totals['dropped']['duplicate']:,} duplicate messages (read twice from overlapping exports) kept once")
