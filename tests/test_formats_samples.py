@@ -430,3 +430,21 @@ def test_a_slack_export_without_its_listings_is_still_one_export(tmp_path):
     assert [(u.format, u.channel) for u in units] == [("slack", "general"), ("slack", "random")]
     messages, _ = read(root)
     assert [(m.channel, m.username, m.content) for m in messages][-1] == ("random", "Alice", "hi")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "rust 2018-05-29 [21:20:37] <talchas> text",
+        "#rust 2018-05-29 21:20:37 <talchas> text",
+        "#rust [21:20:37] <talchas> text",
+        "2018-05-29 [21:20:37] <talchas> text",
+        "[2018-05-29 21:20:37] <talchas> text",
+    ],
+)
+def test_a_channel_and_or_a_date_before_the_time(tmp_path, line):
+    path = write(tmp_path / "logs" / "2018-05-29.log", line + "\n")
+    assert _sniff(path) == "irc"
+    [message], opts = read(path)
+    assert (message.username, message.content, message.ts) == ("talchas", "text", utc(2018, 5, 29, 21, 20, 37))
+    assert message.channel in ("#rust", "irc") and opts.errors == []

@@ -82,7 +82,7 @@ _FAST_RE = re.compile(r"\[([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d|60))?\] <(?!-- )
 # Any timestamp prefix: an optional channel before a date or a bracketed time; an optional date
 # (ISO, or HexChat's month and day); the time with optional seconds, fraction, AM/PM and offset.
 _STAMP_RE = re.compile(
-    r"(?:(?P<chan>[#&+!]?[\w.\-]+) +(?=\[?\d{4}[-/.]\d\d[-/.]\d\d|\[\d\d?:))?"
+    r"(?:(?P<chan>[#&+!][\w.\-]+|[A-Za-z_][\w.\-]*) +(?=\[?\d{4}[-/.]\d\d[-/.]\d\d|\[\d\d?:))?"
     r"\[?"
     r"(?:(?P<mon>" + _MONTH_NAMES + r") +(?P<mday>\d{1,2}) +"
     r"|(?P<y>\d{4})[-/.](?P<m>\d\d)[-/.](?P<d>\d\d)(?:T| +\[?))?"

@@ -339,10 +339,10 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                 author_id = bot_id or user_id or bot_name
                 username = bot_name or (known[0] if known else None) or author_id
             else:
-                author_id = user_id or bot_name
+                author_id = user_id or bot_name or _profile_name(record.get("user_profile"))
                 username = _profile_name(record.get("user_profile")) or (known[0] if known else None) or author_id
             if not author_id:
-                raise InputError("no author (user, comment.user, bot_id, bot_profile or username)", path=label,
+                raise InputError("no author (user, comment.user, bot_id, bot_profile, username or user_profile)", path=label,
                                  field=prefix + ".user", kind="no author")
             thread_ts = record.get("thread_ts") if isinstance(record.get("thread_ts"), str) else None
         except InputError as error:
