@@ -32,14 +32,13 @@ from fizzbot.chat.speakers import SpeakerMap, build_speaker_map
 from fizzbot.data.stages import (
     LENGTH_BINS,
     MAX_ERROR_SAMPLES,
-    SAMPLES_PER_KIND,
     ChannelStats,
     PrepareSettings,
     merge_stats,
     plan_clusters,
     plan_split,
+    add_samples,
     read_stage,
-    sample_errors,
     segment_stage,
     window_stage,
 )
@@ -269,18 +268,14 @@ class _Skipped:
     def __init__(self, sniff_errors: list[InputError]):
         self.count = len(sniff_errors)
         self.kinds: Counter = Counter(error.kind for error in sniff_errors)
-        self.samples = sample_errors(sniff_errors)
+        self.samples = add_samples([], (error.to_dict() for error in sniff_errors))
         self.warnings: list[dict] = []
         self.warning_count = 0
 
     def add(self, result) -> None:
         self.count += result.error_count
         self.kinds.update(result.error_kinds)
-        taken = Counter(sample["kind"] for sample in self.samples)
-        for sample in result.errors:
-            if len(self.samples) < MAX_ERROR_SAMPLES and taken[sample["kind"]] < SAMPLES_PER_KIND:
-                taken[sample["kind"]] += 1
-                self.samples.append(sample)
+        add_samples(self.samples, result.errors)
         self.warning_count += len(result.warnings)
         self.warnings.extend(result.warnings[: max(0, MAX_ERROR_SAMPLES - len(self.warnings))])
 

@@ -20,6 +20,7 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from fizzbot.data.clean import DROP_REASONS, FloodFilter, apply_placeholder, drop_reason, duplicate_flags, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
@@ -169,16 +170,15 @@ class ReadResult:
     warnings: list[dict] = field(default_factory=list)
 
 
-def sample_errors(errors: list[InputError], limit: int = MAX_ERROR_SAMPLES) -> list[dict]:
-    """Up to `limit` errors as dicts, at most SAMPLES_PER_KIND of each kind, in the order they came."""
-    taken: Counter = Counter()
-    samples = []
-    for error in errors:
-        if len(samples) >= limit:
+def add_samples(samples: list[dict], more: Iterable[dict]) -> list[dict]:
+    """`samples` with `more` added in order, up to MAX_ERROR_SAMPLES in all and SAMPLES_PER_KIND of a kind."""
+    taken = Counter(sample["kind"] for sample in samples)
+    for sample in more:
+        if len(samples) >= MAX_ERROR_SAMPLES:
             break
-        if taken[error.kind] < SAMPLES_PER_KIND:
-            taken[error.kind] += 1
-            samples.append(error.to_dict())
+        if taken[sample["kind"]] < SAMPLES_PER_KIND:
+            taken[sample["kind"]] += 1
+            samples.append(sample)
     return samples
 
 
@@ -222,7 +222,7 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
         unit.index,
         runs,
         stats,
-        sample_errors(opts.errors),
+        add_samples([], (error.to_dict() for error in opts.errors)),
         len(opts.errors),
         Counter(error.kind for error in opts.errors),
         [w.to_dict() for w in opts.warnings[:MAX_ERROR_SAMPLES]],
