@@ -448,3 +448,10 @@ def test_a_channel_and_or_a_date_before_the_time(tmp_path, line):
     [message], opts = read(path)
     assert (message.username, message.content, message.ts) == ("talchas", "text", utc(2018, 5, 29, 21, 20, 37))
     assert message.channel in ("#rust", "irc") and opts.errors == []
+
+
+def test_every_attachment_kind_has_a_configurable_placeholder():
+    from fizzbot.config import AttachmentPlaceholders
+    from fizzbot.data.messages import ATTACHMENT_KINDS
+
+    assert set(ATTACHMENT_KINDS) == set(AttachmentPlaceholders.model_fields)
