@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/prepare_throughput.py                    # 1,000,000+ messages
     .venv/bin/python benchmarks/prepare_throughput.py --messages 200000  # a quick check
     .venv/bin/python benchmarks/prepare_throughput.py --repeat 5 --work-dir /tmp/fizzbench --keep
+    .venv/bin/python benchmarks/prepare_throughput.py --warm --baseline ../main   # against another checkout
 
 The corpus is the real Ubuntu IRC logs (../shared/data/ubuntu-irc/logs) copied as many times as needed.
 Each copy is its own channel, `#ubuntu-rep<k>`: the IRC reader takes a log's channel from the log's own
@@ -19,6 +20,9 @@ One run measures:
      peak object store use; then that the two outputs are byte-identical;
   3. memory scaling: the same, on a fresh Ray, for a quarter of the corpus (and the plain process too),
      to show whether memory grows with the corpus.
+With `--baseline PATH` (another checkout of fizzbot, e.g. the main branch), its plain pipeline runs on the
+same corpus in the same run, before and after this checkout's (the mean of the two), and the report
+gives the ratio: a change's cost measured on one machine at one time.
 Both pipelines skip report.png (drawing it is the same fixed cost for both).
 """
 
@@ -193,12 +197,18 @@ def peak_rss_self() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def run_plain(inputs: list[str], output: Path) -> dict:
+def run_plain(inputs: list[str], output: Path, repo: Path = REPO) -> dict:
+    """One plain `prepare` in a child process, with the fizzbot of `repo` (this checkout, or a baseline)."""
     spec = json.dumps({"inputs": inputs, "output": str(output)})
-    proc = subprocess.run([sys.executable, __file__, "--plain-child", spec], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    script = repo / "benchmarks" / "prepare_throughput.py"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, str(script), "--plain-child", spec], stdout=subprocess.PIPE, text=True, cwd=repo)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"the plain prepare failed (exit {proc.returncode})")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # CPU seconds of the child: on a machine others share, far steadier than the wall clock.
+    result["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["digest"] = digest(output)
     result["channels"] = sorted(json.loads((output / "stats.json").read_text(encoding="utf-8"))["channels"])
     return result
@@ -337,6 +347,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the outputs (the corpus in --work-dir is always kept)")
     parser.add_argument("--skip-scaling", action="store_true", help="leave out the quarter-corpus runs")
     parser.add_argument("--warm", action="store_true", help="also time a second Ray run on the workers the first one started")
+    parser.add_argument("--baseline", help="another checkout of fizzbot whose plain pipeline is timed on the same corpus")
     parser.add_argument("--plain-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -367,8 +378,18 @@ def main() -> int:
         for path in outputs.values():
             shutil.rmtree(path, ignore_errors=True)
 
+        baseline_runs: list[dict] = []
+        baseline_repo = Path(args.baseline).absolute() if args.baseline else None
+        if baseline_repo is not None:
+            log(f"baseline ({baseline_repo}) plain process on {corpus.messages:,} messages ...")
+            baseline_runs.append(run_plain(inputs, work / "out-baseline", baseline_repo))
+            shutil.rmtree(work / "out-baseline", ignore_errors=True)
         log(f"plain process on {corpus.messages:,} messages ...")
         plain = run_plain(inputs, outputs["plain"])
+        if baseline_repo is not None:
+            log("baseline plain process again ...")
+            baseline_runs.append(run_plain(inputs, work / "out-baseline", baseline_repo))
+            shutil.rmtree(work / "out-baseline", ignore_errors=True)
         log(f"Ray Data on {corpus.messages:,} messages ...")
         ray_run = run_ray(inputs, outputs["ray"], warm=args.warm)
         identical = plain["digest"] == ray_run["digest"]
@@ -417,6 +438,16 @@ def main() -> int:
     ]
     if ray_run["warm_seconds"]:
         lines.append(f"{'  second run, same Ray (--warm)':34}{ray_run['warm_seconds']:9.1f}{rate(n, ray_run['warm_seconds']):>13}")
+    if baseline_runs:
+        mean = sum(r["seconds"] for r in baseline_runs) / len(baseline_runs)
+        cpu = sum(r["cpu_seconds"] for r in baseline_runs) / len(baseline_runs)
+        runs_text = ", ".join(f"{r['seconds']:.1f}" for r in baseline_runs)
+        lines += [
+            f"{'baseline plain process':34}{mean:9.1f}{rate(n, mean):>13}   "
+            f"({args.baseline}; runs {runs_text} s, before and after)",
+            f"this checkout / baseline, plain: {mean / plain['seconds']:.2f}x the speed (wall clock); "
+            f"CPU seconds {plain['cpu_seconds']:.1f} against {cpu:.1f} ({cpu / plain['cpu_seconds']:.2f}x)",
+        ]
     lines += [
         "",
         f"Ray / plain speed: {plain['seconds'] / ray_run['seconds']:.2f}x (prepare only), "

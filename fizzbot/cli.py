@@ -325,16 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prepare",
         help="chat exports -> train/val JSONL, speaker map, stats",
-        description="Read chat exports (seed JSON, DiscordChatExporter JSON/CSV, Slack, Telegram, IRC) and "
-        "write OUTPUT/train.jsonl, val.jsonl, speaker_map.json, stats.json and report.png, on Ray Data. "
+        description="Read chat exports (seed JSON, DiscordChatExporter JSON/CSV, Slack, Telegram, IRC logs of the "
+        "common clients, WhatsApp, Matrix/Element; docs/FORMATS.md) and write OUTPUT/train.jsonl, val.jsonl, "
+        "speaker_map.json, stats.json and report.png, on Ray Data. OUTPUT must be a new or empty folder, or one "
+        "that prepare wrote before (it is replaced whole); it may not be or hold an input. "
         "Every message is a target once (conversation openers with an empty context; data.openers=false: not). "
         "data.speaker_map=PATH (an earlier speaker_map.json, or a prepared or checkpoint folder) keeps every "
         "speaker's token and appends new ones; data.exclude_speakers=[...] names people who opted out: never "
         "targets, never a speaker token, their messages anonymous context or dropped (data.exclude_mode).",
     )
     p.add_argument("--input", action="append", help="an export file or folder (repeatable); default data.inputs")
-    p.add_argument("--output", help="output folder; default data.output")
-    p.add_argument("--format", help="export format (auto, seed, discord, discord_csv, slack, telegram, irc)")
+    p.add_argument("--output", help="output folder (new, empty, or written by prepare before); default data.output")
+    p.add_argument(
+        "--format", help="export format (auto, seed, discord, discord_csv, slack, telegram, irc, whatsapp, matrix)"
+    )
     p.add_argument("--no-ray", action="store_true", help="run the same stages in this one process (debugging)")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)

@@ -25,7 +25,33 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-FormatName = Literal["auto", "seed", "discord", "discord_csv", "slack", "telegram", "irc"]
+FormatName = Literal["auto", "seed", "discord", "discord_csv", "slack", "telegram", "irc", "whatsapp", "matrix"]
+
+
+class AttachmentPlaceholders(Section):
+    """What a message that is only an attachment becomes (`data.keep_attachments`), by kind."""
+
+    image: str = "[image]"
+    gif: str = "[gif]"
+    video: str = "[video]"
+    audio: str = Field("[audio]", description="Audio files and voice messages.")
+    sticker: str = "[sticker]"
+    file: str = Field("[file]", description="Documents and files of any other kind.")
+    media: str = Field("[media]", description="Media of no stated kind (WhatsApp's `<Media omitted>`).")
+    poll: str = "[poll]"
+    location: str = "[location]"
+    contact: str = "[contact]"
+    forwarded: str = Field("[forwarded]", description="A forwarded message (Telegram): someone else's words.")
+
+    @model_validator(mode="after")
+    def _check_not_blank(self) -> "AttachmentPlaceholders":
+        for name, text in self.model_dump().items():
+            if not text.strip():
+                raise ValueError(
+                    f"data.attachment_placeholders.{name} is blank; give it a text, or drop attachment-only "
+                    "messages with data.keep_attachments=false"
+                )
+        return self
 
 
 class DataConfig(Section):
@@ -89,13 +115,42 @@ class DataConfig(Section):
     flood_min_chars: int = Field(10, ge=1, description="Shorter texts (\"lol\", \"thanks\") never count as floods.")
     scrub_pii: bool = Field(False, description="Replace e-mail addresses, phone numbers and IP addresses.")
     irc_channel: str | None = Field(None, description="Channel name for every IRC log (default: the channel each log names).")
-    on_error: Literal["fail", "skip"] = Field(
-        "fail", description="`fail`: stop on bad input before writing; `skip`: count, sample and go on."
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone (`Europe/Berlin`) of timestamps written without an offset: IRC and WhatsApp "
+        "logs in local time, Telegram's `date`, old DiscordChatExporter CSVs, seed ISO times. Unset: UTC.",
+    )
+    keep_attachments: bool = Field(
+        True,
+        description="Keep messages that are only an attachment, sticker or forward as a placeholder "
+        "(data.attachment_placeholders), so that who answered whom survives; false drops them (counted).",
+    )
+    attachment_placeholders: AttachmentPlaceholders = Field(default_factory=AttachmentPlaceholders)
+    on_error: Literal["fail", "skip_messages", "skip"] = Field(
+        "skip_messages",
+        description="`skip_messages`: a message that cannot be read (unknown subtype or shape, missing field, "
+        "bad line) is skipped, counted per reason and sampled in stats.json, but a file that is not its "
+        "format at all stops the run with a one-line error; `fail`: any bad message or file stops the run "
+        "before anything is written; `skip`: bad files are skipped and counted too.",
     )
     seed: int = Field(0, description="Seed of the randomised context windows.")
     shard_messages: int = Field(
         10000, ge=100, description="Messages per unit of parallel windowing work (whole segments)."
     )
+
+    @model_validator(mode="after")
+    def _check_timezone(self) -> "DataConfig":
+        if self.timezone is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(self.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"data.timezone: unknown time zone {self.timezone!r}; give an IANA name such as "
+                    "Europe/Berlin or America/New_York (or leave it unset for UTC)"
+                ) from None
+        return self
 
     @model_validator(mode="after")
     def _check_context_bounds(self) -> "DataConfig":

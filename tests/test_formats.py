@@ -3,7 +3,6 @@ real Ubuntu IRC logs read without a single error."""
 
 from __future__ import annotations
 
-import calendar
 import json
 import zipfile
 from collections import defaultdict
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from export_samples import utc, write
 from fizzbot.data.formats import _sniff, expand_inputs, read_unit
 from fizzbot.data.formats.discord import parse_locale_date
 from fizzbot.data.formats.slack import day_files
@@ -19,24 +19,11 @@ from fizzbot.data.messages import InputError, Message, ReadOptions
 UBUNTU_LOGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ubuntu-irc" / "logs"
 
 
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
-    return float(calendar.timegm((year, month, day, hour, minute, second)))
-
-
 def read_all(paths: list[Path] | Path, fmt: str = "auto", **opts) -> list[Message]:
     """Every message of `paths`, through the same expand/read path that `prepare` takes."""
     paths = paths if isinstance(paths, list) else [paths]
     options = ReadOptions(**opts)
     return [m for unit in expand_inputs([str(p) for p in paths], fmt) for m in read_unit(unit, options)]
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def by_content(messages: list[Message]) -> dict[str, Message]:
@@ -215,7 +202,7 @@ def test_discord_csv_bad_rows_name_their_line(tmp_path):
     assert [(e.line, e.field) for e in opts.errors] == [(5, "Date"), (6, "AuthorID")]
 
     wrong = write(tmp_path / "other.csv", "Name,When,Text\nx,y,z\n")
-    with pytest.raises(InputError, match=r"other\.csv:1: not a DiscordChatExporter CSV: header lacks AuthorID"):
+    with pytest.raises(InputError, match=r"other\.csv:1: not a DiscordChatExporter CSV: header lacks Author, Date, Content"):
         read_all(wrong)
 
 
@@ -329,7 +316,7 @@ def test_slack_bad_records_are_named_by_day_file_and_field(tmp_path):
     write(export / "general" / "2020-01-03.json", json.dumps([
         {"type": "message", "user": "U1", "text": "no ts"},
         {"type": "message", "user": "U1", "text": "ts of a wrong type", "ts": ["1577836800"]},
-        {"type": "message", "user": "U1", "ts": "1578009600.0001"},
+        {"type": "message", "user": "U1", "text": 42, "ts": "1578009600.0001"},
         {"type": "message", "user": "U1", "text": "fine", "ts": "1578009601.0001"},
     ]))
     write(export / "random" / "2020-01-03.json", '[{"type": "message",\n "ts": "1", "text": oops}]')
@@ -346,6 +333,8 @@ def test_slack_bad_records_are_named_by_day_file_and_field(tmp_path):
             whole_file_errors.append(str(error))
     assert "fine" in good and "day two" in good
     assert [(e.path, e.field) for e in opts.errors] == [(day, "[0].ts"), (day, "[1].ts"), (day, "[2].text")]
+    assert [e.kind for e in opts.errors] == ["ts: missing", "ts: expected a string of epoch seconds, got list",
+                                             "text: expected a string, got int"]
     assert whole_file_errors == [f"{export}/random/2020-01-03.json:2: malformed JSON: Expecting value (column 21)"]
 
 

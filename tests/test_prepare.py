@@ -22,7 +22,7 @@ from fizzbot.errors import InputError
 from fizzbot.data.pipeline import prepare
 from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap
 
-OUTPUT_FILES = {"train.jsonl", "val.jsonl", "speaker_map.json", "stats.json", "report.png"}
+OUTPUT_FILES = {"train.jsonl", "val.jsonl", "speaker_map.json", "stats.json", "report.png", ".fizzbot"}
 T0 = 1_700_000_000  # epoch seconds
 AUTHORS = ("alice", "bob", "carol", "dave", "erin")
 
@@ -185,7 +185,7 @@ def test_stats_count_each_filter_per_channel(tmp_path):
     out = tmp_path / "prepared"
     prepare(config(tmp_path / "in", out, bot_usernames=["weatherbot"]), use_ray=False, report=False)
     stats = json.loads((out / "stats.json").read_text())
-    zero = dict.fromkeys(("system", "bot", "empty", "url_only", "mention_only", "flood"), 0)
+    zero = dict.fromkeys(("system", "bot", "attachment", "empty", "url_only", "mention_only", "duplicate", "flood"), 0)
     assert stats["channels"]["general"]["dropped"] == {**zero, "bot": 2, "empty": 2, "url_only": 1, "mention_only": 2, "flood": 3}
     assert stats["channels"]["general"]["read"] == 33
     assert stats["channels"]["general"]["kept"] == 23  # the 20 chats and the three "lol"s
@@ -251,7 +251,7 @@ def test_ray_workers_get_absolute_paths_and_clean_errors(tmp_path, ray_local, mo
     with open(bad / "c.jsonl", "a", encoding="utf-8") as fh:
         fh.write('{"username": "a", "content": "x", "timestamp": \n')
     with pytest.raises(InputError, match=r"c\.jsonl:4: malformed JSON"):
-        prepare(config(Path("bad"), Path("out2")), use_ray=True, report=False)
+        prepare(config(Path("bad"), Path("out2"), on_error="fail"), use_ray=True, report=False)
     assert not (tmp_path / "out2").exists() and leftovers(tmp_path / "out2") == []
 
 
@@ -357,27 +357,78 @@ BAD_INPUTS = {
 }
 
 
+# The cases that are a file not of its format at all (always an error); the others are one bad record
+# in a file of good ones (skipped under the default data.on_error=skip_messages).
+FILE_CASES = {
+    "empty_file": r"c\.jsonl: empty file",
+    "50MB_line": r"c\.jsonl:1: not a seed file: no record could be read \(the first: line of 50,000,0\d\d bytes",
+    "unknown_format": r"c\.dat:1: unknown export format; name it with data\.format",
+}
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys, case):
+    """data.on_error=fail: any bad record or file stops the run with one line, before anything is written."""
     folder = tmp_path / "in"
     write_jsonl(folder / "a_good.jsonl", chat(10))
     path, expected = BAD_INPUTS[case](folder)
     out = tmp_path / "prepared"
 
     with pytest.raises(InputError, match=expected) as failed:
-        prepare(config(folder, out), use_ray=False, report=False)
+        prepare(config(folder, out, on_error="fail"), use_ray=False, report=False)
     assert failed.value.path.endswith(Path(path).name)
     assert not out.exists() and leftovers(out) == []
 
     # The CLI: one line naming file and line (or field), exit code 2, nothing written.
     capsys.readouterr()
-    assert main(["prepare", "--no-ray", "--input", str(folder), "--output", str(out)]) == 2
+    assert main(["prepare", "--no-ray", "--input", str(folder), "--output", str(out), "data.on_error=fail"]) == 2
     err = capsys.readouterr().err
     [line] = [line for line in err.splitlines() if "error" in line]
     assert line.startswith("fizzbot prepare: error: ") and re.search(expected, line)
     assert "Traceback" not in err
     assert not out.exists() and leftovers(out) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_by_default_bad_records_are_skipped_and_files_not_of_the_format_fail(tmp_path, capsys, case):
+    folder = tmp_path / "in"
+    write_jsonl(folder / "a_good.jsonl", chat(10))
+    path, expected = BAD_INPUTS[case](folder)
+    out = tmp_path / "prepared"
+    if case in FILE_CASES:
+        with pytest.raises(InputError, match=FILE_CASES[case]):
+            prepare(config(folder, out), use_ray=False, report=False)
+        assert not out.exists() and leftovers(out) == []
+        return
+    summary = prepare(config(folder, out, val_split=0), use_ray=False, report=False)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["config"]["on_error"] == "skip_messages"
+    assert stats["errors"]["skipped"] == 1
+    [(kind, count)] = stats["errors"]["by_kind"].items()
+    assert count == 1 and kind == stats["errors"]["samples"][0]["kind"]
+    assert summary.messages_read == 10 + {"malformed_json": 2, "missing_field": 2, "wrong_type": 2, "not_utf8": 1}[case]
+    # The printed summary says what was skipped.
+    assert f"skipped 1 record that could not be read (1 {kind})" in capsys.readouterr().err
+
+
+def test_skipped_records_are_counted_per_kind_with_samples_of_each(tmp_path):
+    lines = [json.dumps(r) for r in chat(12)]
+    lines[2] = '{"username": "a", "content": "x"}'  # no timestamp
+    lines[4] = '{"username": "a", "content": "x"}'
+    lines[6] = '{"username": "a", "content": "x"}'
+    lines[8] = '{"username": "a", "content": "x"}'
+    lines[9] = '{"username": "a", "content": 3, "timestamp": 1}'
+    lines[10] = "not json"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare(config(tmp_path / "in", tmp_path / "out", val_split=0), use_ray=False, report=False)
+    errors = json.loads((tmp_path / "out" / "stats.json").read_text())["errors"]
+    assert errors["skipped"] == 6
+    assert errors["by_kind"] == {"timestamp: missing": 4, "content: expected a string, got int": 1, "malformed JSON": 1}
+    # At most three samples of a kind, so the rare kinds show too.
+    assert [s["kind"] for s in errors["samples"]] == ["timestamp: missing"] * 3 + ["content: expected a string, got int", "malformed JSON"]
+    assert [s["line"] for s in errors["samples"]] == [3, 5, 7, 10, 11]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -392,7 +443,8 @@ def test_bad_input_is_skipped_counted_and_sampled(tmp_path, case):
     [sample] = stats["errors"]["samples"]
     assert sample["path"] == str(Path(path).absolute())
     # The sample says what the error said: file, line or field, reason.
-    assert re.search(expected, str(InputError(sample["error"], path=sample["path"], line=sample["line"], field=sample["field"])))
+    said = str(InputError(sample["error"], path=sample["path"], line=sample["line"], field=sample["field"]))
+    assert re.search(FILE_CASES.get(case, expected), said)
     # Every good row kept: the good file's ten, and the bad file's good lines.
     good_in_bad_file = {"malformed_json": 2, "missing_field": 2, "wrong_type": 2, "not_utf8": 1}.get(case, 0)
     assert summary.messages_read == 10 + good_in_bad_file
@@ -434,15 +486,155 @@ def test_a_failure_midway_keeps_the_old_output(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "prepared"]
 
 
-def test_a_successful_run_replaces_the_old_output_whole(tmp_path):
+def test_a_successful_run_replaces_its_own_old_output_whole(tmp_path):
     inputs = corpus(tmp_path / "in")
     out = tmp_path / "prepared"
     prepare(config(inputs, out), use_ray=False, report=False)
-    (out / "stray.txt").write_text("from an older run")
+    assert json.loads((out / ".fizzbot").read_text())["files"] == sorted(OUTPUT_FILES - {"report.png", ".fizzbot"})
     prepare(config(inputs, out, seed=3), use_ray=False, report=False)
     assert {p.name for p in out.iterdir()} == OUTPUT_FILES - {"report.png"}
     assert json.loads((out / "stats.json").read_text())["config"]["seed"] == 3
     assert leftovers(out) == []
+
+
+# --- the user's files are sacred -------------------------------------------------------------------
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden partial folders of fizzbot's aside), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_pointed_at_the_inputs_deletes_nothing(tmp_path, monkeypatch, capsys):
+    inputs = corpus(tmp_path / "exports")
+    (inputs / "notes.md").write_text("my notes")
+    before = tree(tmp_path)
+    monkeypatch.chdir(inputs)
+    cases = [
+        (["--input", ".", "--output", "."], "is one of the inputs"),
+        (["--input", "general.jsonl", "--output", "."], "holds the input general.jsonl"),
+        (["--input", str(inputs), "--output", str(tmp_path)], f"holds the input {inputs}"),
+        (["--input", str(inputs / "dev.jsonl"), "--output", str(inputs)], "holds the input"),
+    ]
+    for args, expected in cases:
+        assert main(["prepare", "--no-ray", *args]) == 2, args
+        [line] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert line.startswith("fizzbot prepare: error: ") and "data.output: " in line and expected in line, line
+    assert tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+
+
+def test_output_that_is_a_folder_of_the_users_is_refused(tmp_path):
+    inputs = corpus(tmp_path / "in")
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "thesis.tex").write_text("years of work")
+    before = tree(tmp_path)
+    with pytest.raises(InputError, match=r"mine: data\.output: is a folder fizzbot did not write \(1 entries, no \.fizzbot marker\)"):
+        prepare(config(inputs, mine), use_ray=False, report=False)
+    a_file = tmp_path / "mine" / "sub" / "thesis.tex"
+    with pytest.raises(InputError, match=r"thesis\.tex: data\.output: exists and is not a folder"):
+        prepare(config(inputs, a_file), use_ray=False, report=False)
+    # fizzbot's own folder with something of the user's put into it is refused too.
+    out = tmp_path / "prepared"
+    prepare(config(inputs, out), use_ray=False, report=False)
+    (out / "keep-me.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"prepared: data\.output: holds 'keep-me\.txt', which fizzbot did not write"):
+        prepare(config(inputs, out, seed=4), use_ray=False, report=False)
+    assert (out / "keep-me.txt").read_text() == "mine"
+    assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("prepared")} == before
+    # An empty folder is fine.
+    (tmp_path / "empty").mkdir()
+    prepare(config(inputs, tmp_path / "empty"), use_ray=False, report=False)
+    assert (tmp_path / "empty" / "train.jsonl").is_file()
+
+
+def test_a_prepared_folder_inside_the_inputs_is_not_read_as_input(tmp_path):
+    inputs = corpus(tmp_path / "in")
+    first = prepare(config(inputs, inputs / "prepared"), use_ray=False, report=False)
+    again = prepare(config(inputs, inputs / "prepared", seed=1), use_ray=False, report=False)
+    assert first.messages_read == again.messages_read == 145
+    assert json.loads((inputs / "prepared" / "stats.json").read_text())["formats"] == {"seed": 3}
+
+
+# --- duplicates, attachments, warnings ---------------------------------------------------------------
+
+
+def test_overlapping_exports_are_read_once(tmp_path):
+    """Two exports of one channel overlapping in time: the common messages count once, by id or by
+    author, time and text; a repeated line within one file stays two messages."""
+    rows = chat(40, tag="o")
+    for i, row in enumerate(rows):
+        row["channel"] = "ops"
+    with_ids = [dict(r, id=f"m{i}") for i, r in enumerate(rows)]
+    write_jsonl(tmp_path / "in" / "ops-export-1.jsonl", with_ids[:30])
+    write_jsonl(tmp_path / "in" / "ops-export-2.jsonl", with_ids[20:])  # 10 in common
+    # Without ids: author, time and text; "lol" twice in one file at one time is two messages.
+    lol = {"username": "alice", "content": "lol", "timestamp": T0 + 5000, "channel": "irc"}
+    write_jsonl(tmp_path / "in" / "irc-a.jsonl", chat(20, start=T0 + 4000, tag="i") + [lol, lol])
+    write_jsonl(tmp_path / "in" / "irc-b.jsonl", [dict(r, channel="irc") for r in chat(20, start=T0 + 4000, tag="i")][5:] + [lol])
+    for name in ("irc-a.jsonl",):
+        path = tmp_path / "in" / name
+        path.write_text("".join(json.dumps(dict(json.loads(l), channel="irc")) + "\n" for l in path.read_text().splitlines()))
+    out = tmp_path / "out"
+    prepare(config(tmp_path / "in", out, val_split=0), use_ray=False, report=False)
+    stats = json.loads((out / "stats.json").read_text())
+    ops, irc = stats["channels"]["ops"], stats["channels"]["irc"]
+    assert (ops["read"], ops["dropped"]["duplicate"], ops["kept"]) == (50, 10, 40)
+    assert (irc["read"], irc["dropped"]["duplicate"], irc["kept"]) == (22 + 16, 16, 22)
+    assert stats["totals"]["dropped"]["duplicate"] == 26
+    targets = [r["target"] for r in rows_of(out)]
+    assert len(targets) == len(set(targets)) + 1  # only the two "lol"s of one file repeat
+
+
+def rows_of(out: Path) -> list[dict]:
+    return rows(out / "train.jsonl") + rows(out / "val.jsonl")
+
+
+def test_attachment_only_messages_are_kept_as_placeholders_or_dropped(tmp_path):
+    export = {
+        "guild": {"id": "1", "name": "G"}, "channel": {"id": "5", "type": "GuildTextChat", "name": "pics"},
+        "messages": [
+            {"id": str(i), "type": "Default", "timestamp": f"2021-03-01T10:{i:02d}:00+00:00", "content": text,
+             "author": {"id": str(100 + i % 3), "name": f"user{i % 3}", "isBot": False},
+             "attachments": attachments, "stickers": stickers, "embeds": []}
+            for i, (text, attachments, stickers) in enumerate([
+                ("look at this", [], []),
+                ("", [{"id": "9", "url": "https://cdn/x.png", "fileName": "x.png", "fileSizeBytes": 10}], []),
+                ("nice!", [], []),
+                ("", [], [{"id": "7", "name": "wave", "format": "Apng"}]),
+                ("", [{"id": "8", "url": "https://cdn/notes.pdf", "fileName": "notes.pdf", "fileSizeBytes": 10}], []),
+                ("thanks, got it", [], []),
+            ])
+        ],
+    }
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "pics.json").write_text(json.dumps(export), encoding="utf-8")
+    out = tmp_path / "out"
+    prepare(config(tmp_path / "in", out, val_split=0, attachment_placeholders={"sticker": "<sticker>"}),
+            use_ray=False, report=False)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["totals"]["attachment_placeholders"] == 3
+    assert (stats["totals"]["kept"], stats["totals"]["dropped"]["attachment"]) == (6, 0)
+    said = [r["target"].split(" ", 1)[1].removesuffix(" <EOT>") for r in rows_of(out)]
+    assert said == ["[image]", "nice!", "<sticker>", "[file]", "thanks, got it"]
+
+    dropped = tmp_path / "dropped"
+    prepare(config(tmp_path / "in", dropped, val_split=0, keep_attachments=False), use_ray=False, report=False)
+    stats = json.loads((dropped / "stats.json").read_text())
+    assert (stats["totals"]["kept"], stats["totals"]["dropped"]["attachment"], stats["totals"]["attachment_placeholders"]) == (3, 3, 0)
+
+
+def test_a_log_with_no_date_anywhere_is_read_with_a_warning(tmp_path, capsys):
+    (tmp_path / "in" / "notes").mkdir(parents=True)
+    (tmp_path / "in" / "notes" / "#chan.log").write_text(
+        "".join(f"[10:{i:02d}] <{AUTHORS[i % 3]}> message number {i}\n" for i in range(10)), encoding="utf-8")
+    out = tmp_path / "out"
+    prepare(config(tmp_path / "in", out), use_ray=False, report=False)
+    warnings = json.loads((out / "stats.json").read_text())["warnings"]
+    assert warnings["count"] == 1
+    assert warnings["samples"][0]["error"].startswith("no date in the log, its file name or its folders")
+    assert "warning: " in capsys.readouterr().err
 
 
 def test_a_killed_run_leaves_only_a_hidden_partial_folder(tmp_path):

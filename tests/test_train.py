@@ -483,6 +483,19 @@ def test_a_time_budget_ends_the_run_early_evaluated_saved_and_complete(prepared,
     assert [m["step"] for m in evals] == [result.final_step] and evals[0]["context_gain"] is not None
 
 
+def test_a_run_folder_fizzbot_did_not_make_is_refused_and_left_alone(prepared, tmp_path):
+    """run.dir/run.name must be new, empty or fizzbot's own: a user's folder of that name is never
+    resumed from, written into, or pruned by Ray Train's checkpoint keeping."""
+    mine = tmp_path / "work" / "fizzbot"
+    (mine / "20240101-000000").mkdir(parents=True)  # looks like a run folder, but is the user's
+    (mine / "20240101-000000" / "notes.txt").write_text("mine")
+    cfg = tiny_config(prepared, tmp_path / "work", "run.name=fizzbot", "training.max_steps=1")
+    with pytest.raises(InputError, match=r"work/fizzbot: run\.dir: is a folder fizzbot did not write \(1 entries, no \.fizzbot marker\)"):
+        train(cfg, use_ray=False)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "work", "work/fizzbot", "work/fizzbot/20240101-000000", "work/fizzbot/20240101-000000/notes.txt"]
+
+
 def test_the_same_command_resumes_a_killed_run(prepared, tmp_path):
     """`fizzbot train` killed after a checkpoint; the same command resumes in the same run folder."""
     runs = tmp_path / "runs"
@@ -507,7 +520,7 @@ def test_the_same_command_resumes_a_killed_run(prepared, tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
         log.close()
-    (run_dir,) = list((runs / "resume").iterdir())
+    (run_dir,) = [p for p in (runs / "resume").iterdir() if p.is_dir()]
     latest = max(steps_of(run_dir))
     assert 0 < latest < 40 and not (run_dir / ckpt.COMPLETED).exists()
 
@@ -523,7 +536,7 @@ def test_the_same_command_resumes_a_killed_run(prepared, tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming run {runs.resolve()}/resume/{run_dir.name}" in second.stderr
-    assert list((runs / "resume").iterdir()) == [run_dir]  # the same run folder, no new one
+    assert [p for p in (runs / "resume").iterdir() if p.is_dir()] == [run_dir]  # the same run folder, no new one
     metrics = read_metrics(run_dir)
     starts = [i for i, m in enumerate(metrics) if m["kind"] == "start"]
     assert len(starts) == 2
@@ -682,7 +695,7 @@ def ray_killed_run(ray_local, prepared, tmp_path_factory) -> KilledRun:
     workers = ray_train_workers()
     assert thread.is_alive(), f"the run ended before a worker could be killed: {outcome}"
     assert registered is not None and len(workers) == 2, (registered, workers)
-    on_disk = [s for r in (runs / "ray").iterdir() for s in steps_of(r)]
+    on_disk = [s for r in (runs / "ray").iterdir() if r.is_dir() for s in steps_of(r)]
     victim = workers[-1]
     os.kill(victim.pid, signal.SIGKILL)
     thread.join(timeout=240)

@@ -1,8 +1,13 @@
-"""Atomic writes: a file or a folder appears complete, or not at all.
+"""Atomic writes, and the folders fizzbot may write: a file or a folder appears complete, or not at all,
+and nothing of the user's is ever replaced.
 
 Files are written to a temporary name beside their target and renamed (rename is atomic on POSIX).
 Folders are built under a hidden `.<name>.partial-*` sibling and renamed into place at the end; a
 crash or a kill leaves only the hidden partial folder, which nothing reads and the next run removes.
+
+A folder fizzbot writes carries a marker file (`.fizzbot`, listing what it wrote where the contents are
+fixed). `check_output_folder` refuses to write anywhere else: a folder that is an input or holds one, a
+non-empty folder without the marker, or a marked one that holds files fizzbot did not write.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 PARTIAL_MARK = ".partial-"
+OWNER_MARKER = ".fizzbot"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -100,3 +106,80 @@ def iter_jsonl(path: str | Path):
             if not isinstance(row, dict):
                 raise InputError("expected a JSON object", path=str(path), line=number)
             yield number, row
+
+
+# --- folders fizzbot owns ---------------------------------------------------------------------------
+
+
+def write_owner_marker(folder: str | Path, written_by: str, files: list[str] | None = None) -> None:
+    """Mark `folder` as fizzbot's; `files` lists what it holds when that is fixed (a prepared folder)."""
+    doc: dict = {"written_by": written_by, "note": "fizzbot replaces folders that carry this file, and no others"}
+    if files is not None:
+        doc["files"] = sorted(files)
+    atomic_write_text(Path(folder) / OWNER_MARKER, json.dumps(doc, indent=1) + "\n")
+
+
+def read_owner_marker(folder: str | Path) -> dict | None:
+    """The marker of a folder fizzbot wrote, or None (no marker, or not one fizzbot could have written)."""
+    try:
+        doc = json.loads((Path(folder) / OWNER_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_output_folder(target: str | Path, *, inputs: list[str] = (), key: str = "data.output") -> None:
+    """Refuse a folder that fizzbot may not write or replace, with a one-line error naming it and `key`.
+
+    Refused: an input, a folder that holds an input, a file, a non-empty folder without fizzbot's
+    marker, and a marked folder holding anything the marker does not list. An absent or empty folder,
+    or one fizzbot wrote, is fine.
+    """
+    from fizzbot.errors import InputError
+
+    path = Path(target).absolute()
+    resolved = path.resolve()
+    for raw in inputs:
+        source = Path(raw).absolute().resolve()
+        if source == resolved:
+            raise InputError("is one of the inputs; write the output to a new or empty folder", path=str(path), field=key)
+        if resolved in source.parents:
+            raise InputError(
+                f"holds the input {raw}; write the output to a new or empty folder (it would be replaced whole)",
+                path=str(path),
+                field=key,
+            )
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise InputError("exists and is not a folder", path=str(path), field=key)
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    marker = read_owner_marker(path)
+    if marker is None:
+        raise InputError(
+            f"is a folder fizzbot did not write ({len(entries)} entries, no {OWNER_MARKER} marker); "
+            "choose a new or empty folder (or, if an older fizzbot wrote it, remove it)",
+            path=str(path),
+            field=key,
+        )
+    listed = marker.get("files")
+    if isinstance(listed, list):
+        strangers = [name for name in entries if name != OWNER_MARKER and name not in listed]
+        if strangers:
+            raise InputError(
+                f"holds {strangers[0]!r}, which fizzbot did not write; move it out or choose another folder",
+                path=str(path),
+                field=key,
+            )
+
+
+def claim_folder(target: str | Path, *, key: str, written_by: str) -> Path:
+    """Create `target` (or take an empty one) as fizzbot's, or take one fizzbot marked; refuse any other."""
+    check_output_folder(target, key=key)
+    path = Path(target)
+    path.mkdir(parents=True, exist_ok=True)
+    if read_owner_marker(path) is None:
+        write_owner_marker(path, written_by)
+    return path

@@ -5,6 +5,7 @@
     <folder>/speaker_map.json  who is which speaker token
     <folder>/stats.json        messages read, kept and dropped by each filter, per channel
     <folder>/report.png        the same, drawn
+    <folder>/.fizzbot          the marker: fizzbot wrote this folder (and these files), so may replace it
 
 A single JSONL of {context, target} rows (the original tool's `training_examples.jsonl`) with a
 `speaker_map.json` beside it is accepted as training data too.
@@ -16,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fizzbot.artifacts.io import check_output_folder, write_owner_marker
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.errors import InputError
 
@@ -24,6 +26,17 @@ VAL_FILE = "val.jsonl"
 SPEAKER_MAP = "speaker_map.json"
 STATS_FILE = "stats.json"
 REPORT_FILE = "report.png"
+
+
+def check_output(output: str | Path, inputs: list[str]) -> None:
+    """Refuse an output folder that is, or holds, an input, or holds anything fizzbot did not write."""
+    check_output_folder(output, inputs=inputs, key="data.output")
+
+
+def mark_prepared(folder: str | Path) -> None:
+    """The last file of a prepared folder: fizzbot's marker, listing what the folder holds."""
+    folder = Path(folder)
+    write_owner_marker(folder, "fizzbot prepare", [p.name for p in folder.iterdir()])
 
 
 @dataclass

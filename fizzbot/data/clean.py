@@ -1,8 +1,9 @@
 """Cleaning: the filters that decide which messages a model should learn from, and PII scrubbing.
 
-Per-message filters (`drop_reason`) run where a file is read; the flood filter needs a channel's
-messages in time order, so it runs on the merged, sorted stream (`FloodFilter`). Every drop is
-counted under its reason, per channel, and shows up in stats.json.
+Per-message filters (`drop_reason`, after `apply_placeholder`) run where a file is read; duplicates
+(the same message in two overlapping exports) and floods need a channel's messages in time order,
+so they run on the merged, sorted stream (`duplicate_flags`, `FloodFilter`). Every drop is counted
+under its reason, per channel, and shows up in stats.json.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from fizzbot.data.messages import Message
 
 # Order matters only for counting: a bot's empty message counts as "bot".
-DROP_REASONS = ("system", "bot", "empty", "url_only", "mention_only", "flood")
+DROP_REASONS = ("system", "bot", "attachment", "empty", "url_only", "mention_only", "duplicate", "flood")
 
 _URL = r"(?:<?(?:https?|ftp)://[^\s>]+>?|www\.[^\s]+)"
 _URL_ONLY_RE = re.compile(rf"^(?:\s*{_URL}[\s,;]*)+$", re.IGNORECASE)
@@ -48,6 +49,15 @@ def is_mention_only(content: str, fmt: str) -> bool:
     return bool(pattern.match(content))
 
 
+def apply_placeholder(message: Message, placeholders: dict[str, str] | None) -> bool:
+    """An attachment-only message takes its kind's placeholder text (`placeholders` None: it stays
+    empty, to be dropped as `attachment`). Whether it became a placeholder."""
+    if message.attachment is None or message.content or placeholders is None or message.is_system:
+        return False
+    message.content = placeholders.get(message.attachment) or placeholders["file"]
+    return True
+
+
 def drop_reason(message: Message, *, drop_bots: bool, bot_usernames: frozenset[str]) -> str | None:
     """The reason to drop one message on its own merits, or None to keep it."""
     if message.is_system:
@@ -56,7 +66,7 @@ def drop_reason(message: Message, *, drop_bots: bool, bot_usernames: frozenset[s
         return "bot"
     content = message.content
     if not content:
-        return "empty"
+        return "attachment" if message.attachment is not None else "empty"
     if ("://" in content or "www." in content) and is_url_only(content):
         return "url_only"
     if ("@" in content or ":" in content or "," in content) and is_mention_only(content, message.format):
@@ -116,3 +126,50 @@ class FloodFilter:
                 for stale in [k for k, w in recent.items() if not w or w[-1][0] < horizon]:
                     del recent[stale]
         return flagged
+
+
+def duplicate_flags(runs: list[list[Message]], merged: list[Message]) -> list[bool] | None:
+    """Whether each message of a channel's merged, time-ordered stream repeats one read from another unit.
+
+    Overlapping exports of one channel hold the same messages twice. A message is the same as another
+    when their export ids agree, or, where the export has none, their author, time and text; only copies
+    from *different* units (files, day files) count, since within one file two equal lines at a
+    minute's precision are two messages. Where one unit holds a message k times and another j times,
+    max(k, j) are kept. Only the time spans where runs of different units overlap are looked at, so a
+    channel read from one file, or from day files that do not overlap, costs nothing. None: no
+    duplicate is possible.
+    """
+    spans = [(run[0].order >> 32, run[0].ts, run[-1].ts) for run in runs if run]
+    windows = []
+    for index, (unit_a, first_a, last_a) in enumerate(spans):
+        for unit_b, first_b, last_b in spans[index + 1:]:
+            if unit_a != unit_b and max(first_a, first_b) <= min(last_a, last_b):
+                windows.append((max(first_a, first_b), min(last_a, last_b)))
+    if not windows:
+        return None
+    windows.sort()
+    merged_windows = [list(windows[0])]
+    for lo, hi in windows[1:]:
+        if lo <= merged_windows[-1][1]:
+            merged_windows[-1][1] = max(merged_windows[-1][1], hi)
+        else:
+            merged_windows.append([lo, hi])
+    flags = [False] * len(merged)
+    seen: dict[tuple, dict[int, int]] = {}
+    window = 0
+    for index, message in enumerate(merged):
+        ts = message.ts
+        while window < len(merged_windows) and merged_windows[window][1] < ts:
+            window += 1
+        if window == len(merged_windows):
+            break
+        if ts < merged_windows[window][0]:
+            continue
+        key = ("id", message.msg_id) if message.msg_id is not None else (message.author_id, ts, message.content)
+        per_unit = seen.setdefault(key, {})
+        unit = message.order >> 32
+        count = per_unit.get(unit, 0) + 1
+        per_unit[unit] = count
+        if count <= max((n for u, n in per_unit.items() if u != unit), default=0):
+            flags[index] = True
+    return flags

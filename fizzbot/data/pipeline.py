@@ -4,7 +4,9 @@ The stages (fizzbot.data.stages) run as Ray Data map operators over work items (
 channel clusters, segment shards), or in one plain process with `use_ray=False`; between them the
 driver does the two small reductions that need the whole corpus (clusters, then the speaker map and
 the split). The output folder is built under a hidden partial name and renamed into place at the
-end, so an interrupted run never leaves a folder that looks complete.
+end, so an interrupted run never leaves a folder that looks complete; and it is only ever a new or
+empty folder, or one that fizzbot wrote before (its `.fizzbot` marker says so): an output that is an
+input, holds one, or holds anything else is refused before any work (`prepared.check_output`).
 
     fizzbot prepare --input logs/ --output data/prepared
 """
@@ -29,11 +31,13 @@ from fizzbot.errors import InputError
 from fizzbot.chat.speakers import SpeakerMap, build_speaker_map, growth
 from fizzbot.data.stages import (
     LENGTH_BINS,
+    MAX_ERROR_SAMPLES,
     ChannelStats,
     PrepareSettings,
     merge_stats,
     plan_clusters,
     plan_split,
+    add_samples,
     read_stage,
     segment_stage,
     window_stage,
@@ -136,6 +140,9 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
     """Run the whole preparation; raises InputError (naming file and line) on bad input."""
     started = time.perf_counter()
     settings = PrepareSettings.from_config(data)
+    output = Path(data.output).absolute()
+    # Before any work: the output must be new, empty, or fizzbot's own, and no input may be inside it.
+    prepared.check_output(output, list(data.inputs))
     # An earlier map to keep every assignment of (read before any work, so a bad path fails at once).
     previous = SpeakerMap.load(prepared.find_speaker_map(data.speaker_map)) if data.speaker_map else None
     # Absolute paths: Ray workers run in the directory Ray was started from, not necessarily ours.
@@ -147,7 +154,6 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         from fizzbot.ray_utils import ensure_ray
 
         ensure_ray()
-    output = Path(data.output).absolute()
     with atomic_directory(output) as staging:
         work = staging / "work"
         for sub in ("runs", "segments", "parts"):
@@ -156,20 +162,22 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         # Stage 1: read and filter every unit.
         read_results = run_stage("read", read_stage, units, use_ray=use_ray, settings=settings, work=work)
         stats: dict[str, ChannelStats] = {}
-        errors = [e.to_dict() for e in (sniff_errors or [])[:20]]
-        error_count = len(sniff_errors or [])
+        skipped = _Skipped(sniff_errors or [])
         for result in read_results:
             merge_stats(stats, result.stats)
-            error_count += result.error_count
-            errors.extend(result.errors[: max(0, 20 - len(errors))])
+            skipped.add(result)
         runs = [run for result in read_results for run in result.runs]
         excluded = frozenset(a for result in read_results for a in result.excluded_authors)
         unmatched = sorted(settings.exclude - {e for result in read_results for e in result.exclude_matched})
         if unmatched:
             _log(f"data.exclude_speakers: {len(unmatched)} name(s) match no author in these inputs: {', '.join(unmatched)}")
         if not runs:
+            why = ""
+            if skipped.count:
+                kinds = ", ".join(f"{n:,} {kind}" for kind, n in skipped.kinds.most_common(3))
+                why = f"; {skipped.count:,} records could not be read ({kinds})"
             raise InputError(
-                "no messages left after cleaning (check data.format, data.drop_bots and the filters in stats)",
+                f"no messages left after cleaning (check data.format, data.drop_bots and the filters){why}",
                 path=", ".join(data.inputs),
             )
 
@@ -188,6 +196,7 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
                     latest[author] = seen
             channel_stats = stats[result.channel]
             channel_stats.dropped["flood"] += result.flood_dropped
+            channel_stats.dropped["duplicate"] += result.duplicate_dropped
             channel_stats.kept += result.kept
             channel_stats.segments += len(result.segment_sizes)
             channel_stats.excluded += result.excluded
@@ -232,7 +241,7 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
                 "(and data.openers is false, or every author is in data.exclude_speakers)",
                 path=", ".join(data.inputs),
             )
-        stats_doc = _stats_document(data, units, formats, stats, speaker_map, counts, lengths, errors, error_count, n_train, n_val)
+        stats_doc = _stats_document(data, units, formats, stats, speaker_map, counts, lengths, skipped, n_train, n_val)
         stats_doc["speakers"].update(_speaker_history(previous, speaker_map, data.speaker_map))
         stats_doc["excluded"] = {
             "mode": data.exclude_mode,
@@ -246,6 +255,7 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             from fizzbot.data.report import draw_report
 
             draw_report(stats_doc, speaker_map, staging / prepared.REPORT_FILE)
+        prepared.mark_prepared(staging)
     seconds = time.perf_counter() - started
     total_read = sum(s.read for s in stats.values())
     total_kept = sum(s.kept for s in stats.values())
@@ -253,6 +263,8 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
         f"{total_read:,} messages read, {total_kept:,} kept; {n_train:,} train and {n_val:,} val examples; "
         f"{len(speaker_map.tokens)} speaker tokens; {seconds:.1f}s -> {output}"
     )
+    for line in summary_lines(stats_doc):
+        _log(line)
     return PrepareSummary(output, total_read, total_kept, n_train, n_val, len(speaker_map.tokens), len(stats), seconds, stats_doc)
 
 
@@ -273,7 +285,49 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def _stats_document(data, units, formats, stats, speaker_map: SpeakerMap, counts, lengths, errors, error_count, n_train, n_val) -> dict:
+class _Skipped:
+    """Skipped records and warnings gathered over the read stage: counts per kind, and samples."""
+
+    def __init__(self, sniff_errors: list[InputError]):
+        self.count = len(sniff_errors)
+        self.kinds: Counter = Counter(error.kind for error in sniff_errors)
+        self.samples = add_samples([], (error.to_dict() for error in sniff_errors))
+        self.warnings: list[dict] = []
+        self.warning_count = 0
+
+    def add(self, result) -> None:
+        self.count += result.error_count
+        self.kinds.update(result.error_kinds)
+        add_samples(self.samples, result.errors)
+        self.warning_count += len(result.warnings)
+        self.warnings.extend(result.warnings[: max(0, MAX_ERROR_SAMPLES - len(self.warnings))])
+
+
+def summary_lines(stats_doc: dict) -> list[str]:
+    """What the read stage skipped, merged and noticed, as lines for the log (empty when nothing)."""
+    lines = []
+    errors = stats_doc["errors"]
+    if errors["skipped"]:
+        kinds = ", ".join(f"{n:,} {kind}" for kind, n in list(errors["by_kind"].items())[:6])
+        more = f", and {len(errors['by_kind']) - 6} more kinds" if len(errors["by_kind"]) > 6 else ""
+        records = "record" if errors["skipped"] == 1 else "records"
+        lines.append(f"skipped {errors['skipped']:,} {records} that could not be read ({kinds}{more}); samples in stats.json")
+    totals = stats_doc["totals"]
+    if totals["dropped"].get("duplicate"):
+        lines.append(f"{totals['dropped']['duplicate']:,} duplicate messages (read twice from overlapping exports) kept once")
+    if totals["attachment_placeholders"]:
+        lines.append(f"{totals['attachment_placeholders']:,} attachment-only messages kept as placeholders")
+    if totals["dropped"].get("attachment"):
+        lines.append(f"{totals['dropped']['attachment']:,} attachment-only messages dropped (data.keep_attachments=false)")
+    warnings = stats_doc["warnings"]
+    for sample in warnings["samples"][:3]:
+        lines.append(f"warning: {sample['path']}: {sample['error']}")
+    if warnings["count"] > 3:
+        lines.append(f"... and {warnings['count'] - 3} more warnings in stats.json")
+    return lines
+
+
+def _stats_document(data, units, formats, stats, speaker_map: SpeakerMap, counts, lengths, skipped: _Skipped, n_train, n_val) -> dict:
     dropped = Counter()
     for s in stats.values():
         dropped.update(s.dropped)
@@ -285,6 +339,7 @@ def _stats_document(data, units, formats, stats, speaker_map: SpeakerMap, counts
             "read": sum(s.read for s in stats.values()),
             "kept": sum(s.kept for s in stats.values()),
             "dropped": {reason: dropped.get(reason, 0) for reason in ChannelStats().to_json()["dropped"]},
+            "attachment_placeholders": sum(s.placeholders for s in stats.values()),
             "segments": sum(s.segments for s in stats.values()),
             "excluded": sum(s.excluded for s in stats.values()),
             "examples": {"train": n_train, "val": n_val},
@@ -300,7 +355,12 @@ def _stats_document(data, units, formats, stats, speaker_map: SpeakerMap, counts
             f"{LENGTH_BINS[i]}-{LENGTH_BINS[i + 1] - 1 if LENGTH_BINS[i + 1] < 10**9 else ''}": n
             for i, n in enumerate(lengths)
         },
-        "errors": {"skipped": error_count, "samples": errors},
+        "errors": {
+            "skipped": skipped.count,
+            "by_kind": dict(skipped.kinds.most_common()),
+            "samples": skipped.samples,
+        },
+        "warnings": {"count": skipped.warning_count, "samples": skipped.warnings},
         "channels": {name: s.to_json() for name, s in sorted(stats.items())},
         "config": data.model_dump(mode="json"),
     }

@@ -20,8 +20,9 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
-from fizzbot.data.clean import DROP_REASONS, FloodFilter, drop_reason, scrub_pii
+from fizzbot.data.clean import DROP_REASONS, FloodFilter, apply_placeholder, drop_reason, duplicate_flags, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
 from fizzbot.data.messages import InputError, Message, ReadOptions
 from fizzbot.chat.speakers import SpeakerMap
@@ -30,6 +31,8 @@ from fizzbot.data.windows import WindowSettings, segment_id, split_segments, win
 # Message length histogram: fixed bins (characters) so that per-shard histograms add up.
 LENGTH_BINS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 10**9)
 MAX_ERROR_SAMPLES = 20
+# Samples kept of each kind of skipped record (so a rare kind is not crowded out by a common one).
+SAMPLES_PER_KIND = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class PrepareSettings:
     # data.exclude_speakers, case-folded (matched against author ids and usernames), and data.exclude_mode.
     exclude: frozenset[str] = frozenset()
     exclude_mode: str = "anonymize"
+    timezone: str | None = None
+    # Placeholder text per attachment kind; None drops attachment-only messages (data.keep_attachments).
+    placeholders: dict[str, str] | None = field(default_factory=lambda: {"file": "[file]"})
 
     @classmethod
     def from_config(cls, data) -> "PrepareSettings":
@@ -66,6 +72,8 @@ class PrepareSettings:
             flood_min_chars=data.flood_min_chars,
             gap_seconds=data.conversation_gap_minutes * 60.0,
             shard_messages=data.shard_messages,
+            timezone=data.timezone,
+            placeholders=data.attachment_placeholders.model_dump() if data.keep_attachments else None,
             window=WindowSettings(
                 min_context=data.min_context_messages,
                 max_context=data.max_context_messages,
@@ -100,11 +108,13 @@ def _load(path: str | Path):
 
 
 def _as_tuple(m: Message) -> tuple:
-    return (m.channel, m.author_id, m.username, m.content, m.ts, m.order, m.format)
+    return (m.channel, m.author_id, m.username, m.content, m.ts, m.order, m.format, m.msg_id)
 
 
 def _from_tuple(t: tuple) -> Message:
-    return Message(channel=t[0], author_id=t[1], username=t[2], content=t[3], ts=t[4], order=t[5], format=t[6])
+    # Positional (channel, author_id, username, content, ts, order, is_bot, is_system, format, msg_id):
+    # keywords cost a tenth of a second per million messages, and every stage loads them.
+    return Message(t[0], t[1], t[2], t[3], t[4], t[5], False, False, t[6], t[7])
 
 
 # --- per-channel counters ------------------------------------------------------------------------
@@ -120,12 +130,14 @@ class ChannelStats:
     train_examples: int = 0
     val_examples: int = 0
     excluded: int = 0  # messages by people who opted out (kept anonymous, or dropped)
+    placeholders: int = 0  # attachment-only messages kept as their placeholder text
 
     def merge(self, other: "ChannelStats") -> None:
         self.format = self.format or other.format
         self.read += other.read
         self.kept += other.kept
         self.dropped.update(other.dropped)
+        self.placeholders += other.placeholders
         self.segments += other.segments
         self.excluded += other.excluded
         self.train_examples += other.train_examples
@@ -137,6 +149,7 @@ class ChannelStats:
             "read": self.read,
             "kept": self.kept,
             "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS},
+            "attachment_placeholders": self.placeholders,
             "segments": self.segments,
             "excluded": self.excluded,
             "examples": {"train": self.train_examples, "val": self.val_examples},
@@ -167,16 +180,35 @@ class ReadResult:
     unit_index: int
     runs: list[RunInfo]
     stats: dict[str, ChannelStats]
-    errors: list[dict]
+    errors: list[dict]  # samples of the skipped records, a few of each kind
     error_count: int
     # Authors named by data.exclude_speakers (by id or by any username they wrote under here), and
     # which entries matched: the driver joins them, so a rename between files cannot hide anyone.
     excluded_authors: set[str] = field(default_factory=set)
     exclude_matched: set[str] = field(default_factory=set)
+    error_kinds: Counter = field(default_factory=Counter)  # skipped records per kind
+    warnings: list[dict] = field(default_factory=list)
+
+
+def add_samples(samples: list[dict], more: Iterable[dict]) -> list[dict]:
+    """`samples` with `more` added in order, up to MAX_ERROR_SAMPLES in all and SAMPLES_PER_KIND of a kind."""
+    taken = Counter(sample["kind"] for sample in samples)
+    for sample in more:
+        if len(samples) >= MAX_ERROR_SAMPLES:
+            break
+        if taken[sample["kind"]] < SAMPLES_PER_KIND:
+            taken[sample["kind"]] += 1
+            samples.append(sample)
+    return samples
 
 
 def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadResult:
-    opts = ReadOptions(on_error=settings.on_error, irc_channel=settings.irc_channel, max_message_chars=settings.max_message_chars)
+    opts = ReadOptions(
+        on_error=settings.on_error,
+        irc_channel=settings.irc_channel,
+        max_message_chars=settings.max_message_chars,
+        timezone=settings.timezone,
+    )
     by_channel: dict[str, list[Message]] = {}
     stats: dict[str, ChannelStats] = {}
     excluded_authors: set[str] = set()
@@ -192,6 +224,8 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
                 if entry is not None:
                     excluded_authors.add(message.author_id)
                     exclude_matched.add(entry)
+            if message.attachment is not None and apply_placeholder(message, settings.placeholders):
+                channel_stats.placeholders += 1
             reason = drop_reason(message, drop_bots=settings.drop_bots, bot_usernames=settings.bot_usernames)
             if reason is not None:
                 channel_stats.dropped[reason] += 1
@@ -200,8 +234,8 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
                 message.content = scrub_pii(message.content)
             by_channel.setdefault(message.channel, []).append(message)
     except InputError as error:
-        # A whole-file problem (empty, malformed JSON document, not UTF-8): under `skip` the file is
-        # one skipped record, like a bad line; under `fail` it stops the run.
+        # A whole-file problem (empty, malformed JSON document, not UTF-8, not the format at all):
+        # under `skip` the file is one skipped record, like a bad line; otherwise it stops the run.
         if settings.on_error != "skip":
             raise
         opts.errors.append(error)
@@ -211,8 +245,17 @@ def read_stage(unit: SourceUnit, settings: PrepareSettings, work: Path) -> ReadR
         path = work / "runs" / f"{unit.index:06d}-{number:03d}.pkl"
         _dump(path, [_as_tuple(m) for m in messages])
         runs.append(RunInfo(channel, str(path), len(messages), messages[0].ts, messages[-1].ts))
-    errors = [e.to_dict() for e in opts.errors[:MAX_ERROR_SAMPLES]]
-    return ReadResult(unit.index, runs, stats, errors, len(opts.errors), excluded_authors, exclude_matched)
+    return ReadResult(
+        unit.index,
+        runs,
+        stats,
+        add_samples([], (error.to_dict() for error in opts.errors)),
+        len(opts.errors),
+        excluded_authors,
+        exclude_matched,
+        Counter(error.kind for error in opts.errors),
+        [w.to_dict() for w in opts.warnings[:MAX_ERROR_SAMPLES]],
+    )
 
 
 # --- between stages 1 and 2: clusters ------------------------------------------------------------
@@ -274,12 +317,16 @@ class SegmentResult:
     kept: int
     lengths: list[int]
     excluded: int = 0  # messages by excluded authors (anonymized: kept; dropped: gone before the flood filter)
+    duplicate_dropped: int = 0
 
 
 def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path, excluded: frozenset[str] = frozenset()) -> SegmentResult:
     """`excluded`: author ids of people who opted out (data.exclude_speakers, resolved by the driver)."""
     runs = [[_from_tuple(t) for t in _load(path)] for path in cluster.run_paths]
     messages = runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=Message.sort_key))
+    duplicates = duplicate_flags(runs, messages) if len(runs) > 1 else None
+    if duplicates is not None:
+        messages = [m for m, duplicate in zip(messages, duplicates) if not duplicate]
     n_excluded = sum(1 for m in messages if m.author_id in excluded) if excluded else 0
     if n_excluded and settings.exclude_mode == "drop":
         messages = [m for m in messages if m.author_id not in excluded]
@@ -329,6 +376,7 @@ def segment_stage(cluster: Cluster, settings: PrepareSettings, work: Path, exclu
         kept=len(kept),
         lengths=lengths,
         excluded=n_excluded,
+        duplicate_dropped=sum(duplicates) if duplicates is not None else 0,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fizzbot.artifacts import checkpoint as ckpt
 from fizzbot.artifacts import storage
-from fizzbot.artifacts.io import atomic_write_text
+from fizzbot.artifacts.io import atomic_write_text, claim_folder
 from fizzbot.config import ConfigError, FizzbotConfig
 from fizzbot.train.inputs import TrainingData, resolve_data
 from fizzbot.train.runs import RUN_RECORD, TOKENIZER_DIR, RunPaths
@@ -139,6 +139,8 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
     elif storage.is_uri(cfg.run.dir):
         raise ConfigError(f"run.dir={cfg.run.dir} is a URI: that needs Ray Train's storage (drop --no-ray)")
     check_environment(cfg, use_ray)
+    if not storage.is_uri(cfg.run.dir):  # never write into (or resume from) a folder fizzbot did not make
+        claim_folder(Path(cfg.run.dir) / cfg.run.name, key="run.dir", written_by="fizzbot train")
     # The data first: whether the last run may resume depends on it (its fingerprint). A single
     # JSONL is split into a scratch folder, then kept with the run (run_dir/data/).
     scratch = Path(tempfile.mkdtemp(prefix="fizzbot-split-"))

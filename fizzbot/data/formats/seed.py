@@ -1,8 +1,9 @@
 """The seed format: one file per channel, a JSON array or JSON lines of {username, content, timestamp}.
 
 The channel is the file name without its extension. Timestamps are ISO 8601 (no offset means UTC),
-epoch seconds or epoch milliseconds. Optional fields: `author_id` (defaults to the username),
-`is_bot`, `channel` (overrides the file name).
+epoch seconds or milliseconds (an ISO time without offset is in `data.timezone`, default UTC).
+Optional fields: `author_id` (defaults to the username), `is_bot`, `channel` (overrides the file name),
+`id` (the message's id in its source: a message read twice from overlapping files is kept once).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def _records(path: Path, opts: ReadOptions) -> Iterator[tuple[int | None, str, o
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             if len(raw) > MAX_LINE_BYTES:
-                opts.bad(InputError(f"line of {len(raw):,} bytes is over the {MAX_LINE_BYTES:,}-byte limit", path=str(path), line=number))
+                opts.bad(InputError(
+                    f"line of {len(raw):,} bytes is over the {MAX_LINE_BYTES:,}-byte limit",
+                    path=str(path), line=number, kind="line over the size limit",
+                ))
                 continue
             if not raw.strip():
                 continue
@@ -52,9 +56,14 @@ def _records(path: Path, opts: ReadOptions) -> Iterator[tuple[int | None, str, o
                 opts.bad(InputError(f"not UTF-8 (byte {exc.start} of the line)", path=str(path), line=number))
                 continue
             try:
-                yield number, "", json.loads(text)
+                record = json.loads(text)
             except json.JSONDecodeError as exc:
                 opts.bad(InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", path=str(path), line=number))
+                continue
+            except RecursionError:
+                opts.bad(InputError("malformed JSON: nested too deeply", path=str(path), line=number))
+                continue
+            yield number, "", record
 
 
 def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
@@ -76,11 +85,16 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
                 raise InputError(f"expected a string, got {type(content).__name__}", field=prefix + "content", **where)
             if "timestamp" not in record:
                 raise InputError("missing", field=prefix + "timestamp", **where)
-            ts = parse_timestamp(record["timestamp"], path=str(path), line=line, field=prefix + "timestamp")
+            ts = parse_timestamp(record["timestamp"], path=str(path), line=line, field=prefix + "timestamp", tz=opts.tz)
             author_id = record.get("author_id", username)
+            if isinstance(author_id, bool) or not isinstance(author_id, (str, int)) or str(author_id) == "":
+                raise InputError("expected a non-empty string or number", field=prefix + "author_id", **where)
             channel = record.get("channel", default_channel)
-            if not isinstance(channel, str) or not channel:
+            if not isinstance(channel, str) or not channel.strip():
                 raise InputError("expected a non-empty string", field=prefix + "channel", **where)
+            msg_id = record.get("id")
+            if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, (str, int))):
+                raise InputError(f"expected a string or number, got {type(msg_id).__name__}", field=prefix + "id", **where)
         except InputError as error:
             opts.bad(error)
             continue
@@ -90,6 +104,7 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
             username=username.strip(),
             content=clean_content(content, opts.max_message_chars),
             ts=ts,
-            is_bot=bool(record.get("is_bot", False)),
+            is_bot=record.get("is_bot") in (True, 1),
             format="seed",
+            msg_id=None if msg_id is None else str(msg_id),
         )

@@ -1,49 +1,82 @@
 """Slack workspace exports: a folder or a zip of `users.json`, `channels.json` (and `groups.json`,
 `mpims.json`, `dms.json` in full exports) and `<channel>/YYYY-MM-DD.json`, each a JSON array of one
-day's messages.
+day's messages. Slack's own exports and the tools that write its layout (slackdump, slack-export and
+the like) read alike; old exports (2015-2017) and new ones differ in the fields a message carries.
 
 `day_files` lists the day files (each becomes one `SourceUnit`, with `member` and `channel` set) and
 `read` reads one. A message: `type: "message"`, `ts` (a *string* of epoch seconds, also its id), `user`
-(an id), `text`, optional `subtype`, `user_profile` (newer exports), `bot_id`, `attachments`, `files`.
+(an id), `text`, optional `subtype`, `user_profile` (newer exports), `bot_id`, `bot_profile`,
+`attachments`, `files` (`file` in old exports), `blocks`, `thread_ts`, `reply_count`.
 
 Traps, and what this reader does about them:
 
-- Names: `users.json` is read once per export (cached) and gives `profile.display_name`, else
+- Authors: `user`, else `comment.user` (an old `file_comment`), else the bot (`bot_id`, named by
+  `username`, else `bot_profile.name`), else `user_profile`, else an integration's bare `username`.
+  Names: `users.json` is read once per export (cached) and gives `profile.display_name`, else
   `real_name`, else `name`; a message's own `user_profile` wins (it is the name at the time).
-- Subtypes: `bot_message` (and `slackbot_response`, a `bot_id`, or a user marked `is_bot`) -> `is_bot`,
-  named by the message's `username`, else `bot_profile.name`; `me_message` (rendered `/me text`),
-  `thread_broadcast` and `file_share` are ordinary messages; every other subtype (joins `<@U1> has
-  joined the channel`, leaves, topic, purpose, name, archive, pins, bot_add, tombstone, ...) is `is_system`.
+- Subtypes, old and new: ordinary messages (`me_message` rendered `/me text`, `thread_broadcast`,
+  `reply_broadcast`, `file_comment` (the words are `comment.comment`), `file_share` and `file_mention`
+  (old exports wrote `<@U1|alice> uploaded a file: <url|name>` for them: the uploader's words are what
+  follows ` and commented: `, else the message is attachment-only));
+  bots (`bot_message`, `slackbot_response`, anything with a `bot_id`, a user marked `is_bot`); system
+  events (joins `<@U1> has joined the channel`, leaves, topic, purpose, name, archive, pins,
+  `bot_add`, `tombstone`, `message_changed`/`message_deleted`, huddles, ...): flagged `is_system`.
+  A subtype this reader does not know is a skipped record, counted as `unknown subtype '<name>'`.
+- No `text` at all (newer exports of bots and shared files): the words come from `blocks` (rich
+  text), else from `attachments` (pretext, title, text), else the message is attachment-only and
+  keeps the kind of its first file (`image`, `video`, `file`, ...) for the placeholder.
+- Threads: a reply (`thread_ts` other than its own `ts`) goes to its thread, a channel of its own named
+  `<channel>/thread-<thread_ts>`; a parent with replies is read into its thread as well, first, so a
+  thread is its own conversation after its parent. The day files of a reply and its parent may differ.
 - Markup: `<@U123>` and `<@U123|name>` -> `@name` (the id looked up first), `<#C123|name>` -> `#name`,
   `<!here>`/`<!channel>`/`<!everyone>` -> `@here`/..., `<!subteam^S1|@team>` and `<!date^...|text>`
   -> their label; links: `<https://x>` and `<https://x|x>` -> `https://x` (so a message that is only a
   link stays URL-only for the filter), `<https://x|label>` -> `label (https://x)`,
   `<mailto:a@b|a@b>` -> `a@b`; then the HTML escapes `&lt; &gt; &amp;` are undone.
-- Bots often post empty `text` with the words in `attachments`: those are used (pretext, title, text).
 - A channel is spread over many day files: each is a unit; sorting across them happens later, by `ts`.
+  `ts` is the message's id within its channel: the same message in two overlapping exports is one.
 - Errors are named `export.zip/general/2020-01-01.json: [4].ts: ...` (the record's index in the day).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from fizzbot.data.messages import InputError, Message, ReadOptions, clean_content
+from fizzbot.data.messages import InputError, Message, ReadOptions, attachment_kind, clean_content, epoch_seconds
 
 if TYPE_CHECKING:
     from fizzbot.data.formats import SourceUnit
 
-ORDINARY_SUBTYPES = frozenset({None, "me_message", "thread_broadcast", "reply_broadcast", "file_share"})
+ORDINARY_SUBTYPES = frozenset(
+    {None, "me_message", "thread_broadcast", "reply_broadcast", "file_share", "file_comment", "file_mention"}
+)
 BOT_SUBTYPES = frozenset({"bot_message", "slackbot_response"})
+# Events, not speech (Slack's message subtypes, old and new, and what export tools add).
+SYSTEM_SUBTYPES = frozenset({
+    "bot_add", "bot_remove", "bot_enable", "bot_disable", "channel_join", "channel_leave", "channel_topic",
+    "channel_purpose", "channel_name", "channel_archive", "channel_unarchive", "channel_posting_permissions",
+    "channel_convert_to_private", "channel_convert_to_public", "channel_canvas_updated", "group_join",
+    "group_leave", "group_topic", "group_purpose", "group_name", "group_archive", "group_unarchive",
+    "pinned_item", "unpinned_item", "reminder_add", "reminder_delete", "tombstone", "message_changed",
+    "message_deleted", "message_replied", "ekm_access_denied", "sh_room_created", "sh_room_shared",
+    "huddle_thread", "joiner_notification", "joiner_notification_for_inviter", "app_conversation_join",
+    "app_conversation_leave", "assistant_app_thread", "slackbot_notification", "team_join",
+    "channel_name_change", "document_mention", "share_shortcut", "file_upload", "file_deleted",
+})
 SLACKBOT = "USLACKBOT"
 
 _DAY_FILE_RE = re.compile(r"(?:^|/)([^/]+)/(\d{4}-\d\d-\d\d)\.json$")
+# Old exports (to 2017) wrote a file share's text for it: `<@U1|alice> uploaded a file: <url|name>`,
+# with the uploader's own words, if any, after ` and commented: `.
+_UPLOAD_RE = re.compile(r"<@[^>]+> (?:uploaded|shared|mentioned) a file: <[^>]*>(?: and commented: (.*))?$", re.DOTALL)
 _MARKUP_RE = re.compile(r"<([^<>\n]+)>")
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
+_MAX_BLOCK_DEPTH = 12
 
 
 # --- the export: a folder or a zip ---------------------------------------------------------------
@@ -71,6 +104,8 @@ def _member_bytes(export: str, member: str) -> bytes | None:
         return _zip(export).read(member)
     except KeyError:
         return None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # a corrupt member (bad CRC, truncated)
+        raise InputError(f"cannot read from the zip: {exc}", path=f"{export}/{member}") from None
 
 
 def day_files(path: str | Path) -> list[tuple[str, str]]:
@@ -132,7 +167,7 @@ def _directory(export: str, root: str, mtime_ns: int) -> tuple[dict[str, tuple[s
             profile = user.get("profile") if isinstance(user.get("profile"), dict) else {}
             name = _first_text(profile.get("display_name"), user.get("real_name"), profile.get("real_name"), user.get("name"))
             name = name or user["id"]
-            users[user["id"]] = (name, bool(user.get("is_bot")))
+            users[user["id"]] = (name, user.get("is_bot") is True)
     channels: dict[str, str] = {}
     for listing in ("channels.json", "groups.json", "mpims.json"):
         for channel in _load_list(export, root + listing):
@@ -188,15 +223,68 @@ def _attachment_text(attachments: Any) -> str:
     return "\n".join(pieces)
 
 
+def _block_text(node: Any, users: dict[str, tuple[str, bool]], channels: dict[str, str], depth: int = 0) -> str:
+    """The words of Block Kit blocks: rich-text elements (text, links, mentions, emoji) and mrkdwn texts."""
+    if depth > _MAX_BLOCK_DEPTH:
+        return ""
+    if isinstance(node, list):
+        return "".join(_block_text(item, users, channels, depth + 1) for item in node)
+    if not isinstance(node, dict):
+        return ""
+    kind = node.get("type")
+    if kind == "text" and isinstance(node.get("text"), str):
+        return node["text"]
+    if kind == "link" and isinstance(node.get("url"), str):
+        return node["text"] if isinstance(node.get("text"), str) and node["text"] else node["url"]
+    if kind == "user" and isinstance(node.get("user_id"), str):
+        user = users.get(node["user_id"])
+        return "@" + (user[0] if user else node["user_id"])
+    if kind == "channel" and isinstance(node.get("channel_id"), str):
+        return "#" + channels.get(node["channel_id"], "unknown-channel")
+    if kind == "emoji" and isinstance(node.get("name"), str):
+        return f":{node['name']}:"
+    if kind == "broadcast" and isinstance(node.get("range"), str):
+        return "@" + node["range"]
+    if kind in ("mrkdwn", "plain_text") and isinstance(node.get("text"), str):
+        return render_markup(node["text"], users, channels)
+    pieces = []
+    for key in ("elements", "text", "fields"):
+        if key in node and not isinstance(node[key], str):
+            piece = _block_text(node[key], users, channels, depth + 1)
+            if piece:
+                pieces.append(piece)
+    separator = "\n" if kind in ("rich_text", "section", "rich_text_list", "rich_text_quote", "rich_text_preformatted") else ""
+    return separator.join(pieces)
+
+
+def _files_kind(record: dict) -> str | None:
+    """The attachment kind of the message's first file (`files`, or the old single `file`)."""
+    files = record.get("files")
+    if not isinstance(files, list) or not files:
+        files = [record["file"]] if isinstance(record.get("file"), dict) else []
+    for item in files:
+        if isinstance(item, dict):
+            return attachment_kind(item.get("mimetype") or item.get("name") or item.get("filetype"))
+    return None
+
+
 def _timestamp(value: Any, path: str, field: str) -> float:
     if value is None:
         raise InputError("missing", path=path, field=field)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InputError(f"expected a string of epoch seconds, got {type(value).__name__}", path=path, field=field)
     try:
-        return float(value)
-    except ValueError:
-        raise InputError(f"not epoch seconds: {value!r}", path=path, field=field) from None
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise InputError(f"not epoch seconds: {str(value)[:40]!r}", path=path, field=field) from None
+    return epoch_seconds(number, path=path, line=None, field=field)
+
+
+def _optional_str(record: dict, key: str, path: str, field: str) -> str | None:
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"expected a string, got {type(value).__name__}", path=path, field=field)
+    return value
 
 
 def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
@@ -220,51 +308,86 @@ def read(unit: "SourceUnit", opts: ReadOptions) -> Iterator[Message]:
         try:
             if not isinstance(record, dict):
                 raise InputError(f"expected an object, got {type(record).__name__}", path=label, field=prefix)
-            ts = _timestamp(record.get("ts"), label, prefix + ".ts")
-            subtype = record.get("subtype")
-            if subtype is not None and not isinstance(subtype, str):
-                raise InputError(f"expected a string, got {type(subtype).__name__}", path=label, field=prefix + ".subtype")
-            user_id = record.get("user")
-            if user_id is not None and not isinstance(user_id, str):
-                raise InputError(f"expected a user id string, got {type(user_id).__name__}", path=label, field=prefix + ".user")
-            bot_id = record.get("bot_id") if isinstance(record.get("bot_id"), str) else None
+            kind = record.get("type", "message")
+            if kind != "message":
+                raise InputError(f"not a message: {str(kind)[:40]!r}", path=label, field=prefix + ".type",
+                                 kind=f"unknown Slack type {str(kind)[:40]!r}")
+            ts_text = record.get("ts")
+            ts = _timestamp(ts_text, label, prefix + ".ts")
+            subtype = _optional_str(record, "subtype", label, prefix + ".subtype")
+            if subtype not in ORDINARY_SUBTYPES and subtype not in BOT_SUBTYPES and subtype not in SYSTEM_SUBTYPES:
+                raise InputError(f"unknown subtype {subtype[:40]!r}", path=label, field=prefix + ".subtype",
+                                 kind=f"unknown Slack subtype {subtype[:40]!r}")
+            user_id = _optional_str(record, "user", label, prefix + ".user")
+            comment = record.get("comment") if isinstance(record.get("comment"), dict) else None
+            if not user_id and comment is not None and isinstance(comment.get("user"), str):
+                user_id = comment["user"]
+            bot_id = record.get("bot_id") if isinstance(record.get("bot_id"), str) and record["bot_id"] else None
             known = users.get(user_id) if user_id else None
             # Slackbot posts as a user that users.json does not list.
             is_bot = subtype in BOT_SUBTYPES or bot_id is not None or user_id == SLACKBOT or bool(known and known[1])
-            is_system = record.get("type", "message") != "message" or (
-                subtype not in ORDINARY_SUBTYPES and subtype not in BOT_SUBTYPES
-            )
-            text = record.get("text")
-            if text is None:
-                if not (is_bot or is_system):
-                    raise InputError("missing", path=label, field=prefix + ".text")
-                text = ""
-            if not isinstance(text, str):
-                raise InputError(f"expected a string, got {type(text).__name__}", path=label, field=prefix + ".text")
+            is_system = subtype in SYSTEM_SUBTYPES
+            text = _optional_str(record, "text", label, prefix + ".text") or ""
+            if subtype == "file_comment" and comment is not None and isinstance(comment.get("comment"), str):
+                text = comment["comment"]
+            elif subtype in ("file_share", "file_mention"):
+                upload = _UPLOAD_RE.match(text)
+                if upload:
+                    text = upload.group(1) or ""
+            bot_name = _first_text(record.get("username")) or _profile_name(record.get("bot_profile"))
             if is_bot and (subtype in BOT_SUBTYPES or not user_id):
-                bot_name = record.get("username") or _profile_name(record.get("bot_profile"))
                 author_id = bot_id or user_id or bot_name
                 username = bot_name or (known[0] if known else None) or author_id
             else:
-                author_id = user_id
-                username = _profile_name(record.get("user_profile")) or (known[0] if known else user_id)
+                author_id = user_id or bot_name or _profile_name(record.get("user_profile"))
+                username = _profile_name(record.get("user_profile")) or (known[0] if known else None) or author_id
             if not author_id:
-                raise InputError("missing (no user, bot_id or username)", path=label, field=prefix + ".user")
+                raise InputError("no author (user, comment.user, bot_id, bot_profile, username or user_profile)", path=label,
+                                 field=prefix + ".user", kind="no author")
+            thread_ts = record.get("thread_ts") if isinstance(record.get("thread_ts"), str) else None
         except InputError as error:
             opts.bad(error)
             continue
-        if not text.strip() and record.get("attachments"):
-            text = _attachment_text(record["attachments"])
-        content = render_markup(text, users, channels)
-        if subtype == "me_message" and content.strip():
-            content = "/me " + content.strip()
-        yield Message(
+        attachment = None
+        if text.strip():
+            text = render_markup(text, users, channels)
+        else:  # no words of its own: a bot's blocks or attachments, else an attachment-only message
+            text = _block_text(record.get("blocks"), users, channels) if record.get("blocks") else ""
+            if not text.strip():
+                text = render_markup(_attachment_text(record.get("attachments")), users, channels)
+            if not text.strip():
+                attachment = _files_kind(record)
+        if subtype == "me_message" and text.strip():
+            text = "/me " + text.strip()
+        message = Message(
             channel=unit.channel,
             author_id=str(author_id),
             username=str(username),
-            content=clean_content(content, opts.max_message_chars),
+            content=clean_content(text, opts.max_message_chars),
             ts=ts,
             is_bot=is_bot,
             is_system=is_system,
             format="slack",
+            msg_id=str(ts_text),
+            attachment=attachment,
         )
+        if thread_ts is None or is_system:
+            yield message
+        elif thread_ts != ts_text:
+            yield dataclasses.replace(message, channel=thread_channel(unit.channel, thread_ts))
+        else:
+            yield message
+            if _has_replies(record):
+                yield dataclasses.replace(message, channel=thread_channel(unit.channel, thread_ts))
+
+
+def thread_channel(channel: str, thread_ts: str) -> str:
+    """The channel a thread's messages go to: its own, named by the channel and the parent's `ts`."""
+    return f"{channel}/thread-{thread_ts}"
+
+
+def _has_replies(record: dict) -> bool:
+    count = record.get("reply_count")
+    return (isinstance(count, int) and not isinstance(count, bool) and count > 0) or bool(
+        isinstance(record.get("replies"), list) and record["replies"]
+    ) or bool(isinstance(record.get("reply_users"), list) and record["reply_users"])
