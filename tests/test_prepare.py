@@ -617,7 +617,8 @@ def test_attachment_only_messages_are_kept_as_placeholders_or_dropped(tmp_path):
     assert stats["totals"]["attachment_placeholders"] == 3
     assert (stats["totals"]["kept"], stats["totals"]["dropped"]["attachment"]) == (6, 0)
     said = [r["target"].split(" ", 1)[1].removesuffix(" <EOT>") for r in rows_of(out)]
-    assert said == ["[image]", "nice!", "<sticker>", "[file]", "thanks, got it"]
+    # Every message is a target, the opener included (data.openers).
+    assert said == ["look at this", "[image]", "nice!", "<sticker>", "[file]", "thanks, got it"]
 
     dropped = tmp_path / "dropped"
     prepare(config(tmp_path / "in", dropped, val_split=0, keep_attachments=False), use_ray=False, report=False)

@@ -165,7 +165,7 @@ def test_a_changed_learning_rate_starts_a_new_run_and_says_why(prepared, tmp_pat
     err = capfd.readouterr().err
     (line,) = [l for l in err.splitlines() if "not resuming" in l]
     assert str(run_dir) in line and "training.learning_rate 0.01 -> 0.005" in line and "run.resume=force" in line
-    assert len(list((tmp_path / "runs" / "resume").iterdir())) == 2
+    assert len([p for p in (tmp_path / "runs" / "resume").iterdir() if p.is_dir()]) == 2
     assert not (run_dir / ckpt.COMPLETED).exists()  # the old run is left as it was
 
 
@@ -187,12 +187,12 @@ def test_resume_force_takes_the_new_learning_rate_and_never_starts_anew(prepared
     capfd.readouterr()
     assert train_cli(prepared, tmp_path / "runs", "--resume=force", "training.learning_rate=0.005") == 0
     assert "run.resume=force: resuming" in capfd.readouterr().err
-    assert len(list((tmp_path / "runs" / "resume").iterdir())) == 1
+    assert len([p for p in (tmp_path / "runs" / "resume").iterdir() if p.is_dir()]) == 1
     after = [m for m in read_metrics(run_dir) if m["kind"] == "train" and m["step"] > 2]
     assert [m["step"] for m in after] == [3, 4, 5, 6]
     assert all(m["lr"] == pytest.approx(0.005) for m in after), "the saved learning rate must not win"
     assert train_cli(prepared, tmp_path / "runs", "--resume=never", "training.max_steps=2") == 0
-    assert len(list((tmp_path / "runs" / "resume").iterdir())) == 2
+    assert len([p for p in (tmp_path / "runs" / "resume").iterdir() if p.is_dir()]) == 2
 
 
 def test_resume_refuses_a_run_whose_speaker_map_gives_the_tokens_to_other_people(prepared, tmp_path):
@@ -213,7 +213,7 @@ def test_resume_refuses_a_run_whose_speaker_map_gives_the_tokens_to_other_people
         train(load_config(None, base + ["run.resume=force"]), use_ray=False)
     # auto: a new run, saying that the speaker map changed
     result = train(load_config(None, base), use_ray=False)
-    assert result.run_dir.name != "" and len(list((tmp_path / "runs" / "resume").iterdir())) == 2
+    assert result.run_dir.name != "" and len([p for p in (tmp_path / "runs" / "resume").iterdir() if p.is_dir()]) == 2
 
 
 def test_continuing_from_a_checkpoint_with_another_speaker_map_is_refused(prepared, tmp_path):
