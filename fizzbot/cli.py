@@ -253,6 +253,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from fizzbot.artifacts.checkpoint import find_latest
+    from fizzbot.update import run_update
+
+    where = args.model_dir if args.model_dir else find_latest(cfg.run.dir)
+    result = run_update(cfg, where, args.input or [], list(args.overrides), use_ray=not args.no_ray)
+    report = result.report
+    print(f"update of {result.old_checkpoint}")
+    data = report["data"]
+    print(f"  {data['new_train']:,} new training and {data['new_val']:,} new validation examples "
+          f"({data['duplicates_skipped']:,} already seen); {data['replayed']:,} old rows replayed")
+    for name, figures in report["validation_loss"].items():
+        old, new = (f"{figures[k]:.4f}" if figures[k] is not None else "n/a" for k in ("old", "new"))
+        print(f"  validation loss on the {name.replace('_', ' ')}: old {old}, new {new}")
+    verdict = "promoted" if result.promoted else "not promoted"
+    print(f"  {verdict}: {report['reason']}")
+    if report.get("serve"):
+        print(f"  serving: {report['serve']}")
+    print(f"  new checkpoint: {result.new_checkpoint}\n  decision: {result.run_dir / 'fizzbot_update.json'}")
+    return 0
+
+
 # --- serving ---------------------------------------------------------------------------------------
 
 
@@ -431,6 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "update",
+        help="continue a trained model on a channel's new messages; promote it if it is better",
+        description="Prepare the new exports with the checkpoint's rules and speaker map (new people appended), skip "
+        "examples it was trained on, mix in update.replay_share of its old rows, train a new run from its weights "
+        "(update.max_steps), score old and new on the new and the old validation rows, and promote the new one if "
+        "it is better on the new and not worse than update.tolerance on the old (update.serve_app: point that Serve "
+        "application at it). The decision goes to the new run's fizzbot_update.json; --latest passes over an "
+        "unpromoted run. Exits 0 whether or not it promotes.",
+    )
+    _add_checkpoint_args(p)
+    p.add_argument("--input", action="append", help="a new export file or folder (repeatable)")
+    p.add_argument("--no-ray", action="store_true", help="prepare and train in this one process")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser(
         "bot",

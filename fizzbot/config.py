@@ -394,6 +394,29 @@ class EvalConfig(Section):
     seed: int = Field(0, description="Seed of the samples and of generation.")
 
 
+class UpdateConfig(Section):
+    """`fizzbot update`: continuing a trained model on a channel's new messages."""
+
+    max_steps: int = Field(100, ge=1, description="Optimizer steps of the update run (a short schedule from the checkpoint's weights).")
+    warmup_steps: int = Field(5, ge=0)
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate of the update run; unset: the checkpoint's training.learning_rate.")
+    replay_share: float = Field(
+        0.5, ge=0.0, description="Old training rows mixed in, as a share of the new training rows (so that the model does not forget)."
+    )
+    tolerance: float = Field(
+        0.02, ge=0.0, description="Promote only if the new model's loss on the old validation rows is at most this much (relative) worse."
+    )
+    eval_rows: int = Field(2000, ge=1, description="Validation rows scored per side (a seeded sample) to decide the promotion.")
+    seed: int = Field(0, description="Seed of the replay sample and the evaluation sample.")
+    old_data: str | None = Field(
+        None, description="The prepared folder the checkpoint was trained on; unset: the data.path its config names."
+    )
+    workdir: str | None = Field(None, description="Where the update's prepared data goes; unset: <run.dir>/updates/<timestamp>/.")
+    serve_app: str | None = Field(
+        None, description="A running Serve application to point at the new checkpoint when it is promoted (unset: serving is not touched)."
+    )
+
+
 class AutoscalingConfig(Section):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
@@ -498,6 +521,7 @@ class FizzbotConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     bot: BotConfig = Field(default_factory=BotConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "FizzbotConfig":

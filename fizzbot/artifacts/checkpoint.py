@@ -25,6 +25,7 @@ TRAINING_STATE = "training_state.pt"
 CONFIG_FILE = "fizzbot.yaml"
 BASE_DIR = "base"
 COMPLETED = "COMPLETED"
+UPDATE_FILE = "fizzbot_update.json"  # a `fizzbot update` run: its figures and whether it was promoted
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -112,10 +113,21 @@ def run_dirs(runs_root: str | Path, name: str | None = None) -> list[str | Path]
     return [path for _, path in sorted(found, key=lambda item: (item[0], str(item[1])))]
 
 
+def promoted(run_dir: str | Path) -> bool:
+    """False for a run of `fizzbot update` that was not promoted (its fizzbot_update.json says so)."""
+    try:
+        return bool(json.loads(storage.read_text(storage.join(run_dir, UPDATE_FILE))).get("promoted", True))
+    except (OSError, FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return True
+
+
 def find_latest(runs_root: str | Path = "runs", name: str | None = None) -> str | Path:
     """`--latest`: the newest run that has a complete checkpoint, and its best checkpoint (a local
-    folder, or a URI when `runs_root` is one: `fetch_checkpoint` brings it here)."""
+    folder, or a URI when `runs_root` is one: `fetch_checkpoint` brings it here). A `fizzbot update`
+    run that was not promoted is passed over: the model in use stays the latest."""
     for run in reversed(run_dirs(runs_root, name)):
+        if not promoted(run):
+            continue
         best = best_checkpoint(run)
         if best is not None:
             return best

@@ -134,14 +134,18 @@ class SpeakerMap:
         more = f" (and {len(live) - limit} more)" if len(live) > limit else ""
         return ", ".join(live[:limit]) + more
 
-    def diff(self, other: "SpeakerMap", here: str = "here", there: str = "there") -> str | None:
+    def diff(self, other: "SpeakerMap", here: str = "here", there: str = "there", *, grown: bool = False) -> str | None:
         """None when both maps give every token the same meaning (the same author id, the others
         token, a retired slot); otherwise what differs, in one line ("<S1> is author 'u2' (bob) in the
-        checkpoint but missing in the data"). Usernames and counts may differ."""
+        checkpoint but missing in the data"). Usernames and counts may differ. With `grown`, `other`
+        may also have tokens this map lacks and retire people this map had (a stable map grown from
+        this one: continuing a model on it keeps every token's person)."""
         mine, theirs = self._meanings(), other._meanings()
         differences = []
         for token in sorted(set(mine) | set(theirs), key=speaker_index):
             a, b = mine.get(token), theirs.get(token)
+            if grown and (a is None or (b is not None and b[0] == ("retired",))):
+                continue
             if (a and a[0]) != (b and b[0]):
                 differences.append(f"{token} is {a[1] if a else 'missing'} {here} but {b[1] if b else 'missing'} {there}")
         if not differences:

@@ -107,6 +107,26 @@ def _content(target: str) -> tuple[str, str]:
 # --- the evaluation ----------------------------------------------------------------------------------
 
 
+def target_loss(model_dir: str | Path, contexts: list[str], targets: list[str], cfg: FizzbotConfig) -> float:
+    """Mean loss per target token of a checkpoint on {context, target} rows (what `fizzbot update`
+    compares an old and a new checkpoint on)."""
+    import torch
+
+    from fizzbot.artifacts.loading import load_for_inference
+    from fizzbot.infer.engine import resolve_device
+    from fizzbot.train.data import RowTokenizer
+    from fizzbot.train.objective import TargetOnlyLM, score_rows
+
+    device = resolve_device(cfg.generate.device)
+    model, tokenizer, speaker_map = load_for_inference(Path(model_dir), device=device, tokenizer_model=cfg.generate.tokenizer_model)
+    speaker_ids = tokenizer.convert_tokens_to_ids(speaker_map.tokens)
+    rows = RowTokenizer(tokenizer, cfg.training.max_seq_len, speaker_ids)(contexts, targets, where=str(model_dir))
+    order = np.argsort(rows.lengths(), kind="stable")
+    batches = [order[i : i + cfg.eval.batch_size] for i in range(0, len(order), cfg.eval.batch_size)]
+    scores = score_rows(TargetOnlyLM(model), rows, batches, tokenizer.pad_token_id, torch.tensor(speaker_ids, device=device), device)
+    return float(np.sum(scores.loss) / max(np.sum(scores.tokens), 1))
+
+
 def evaluate_checkpoint(model_dir: str | Path, cfg: FizzbotConfig, *, output: str | Path | None = None) -> EvalOutcome:
     import tempfile
 

@@ -133,9 +133,10 @@ def resume_mismatch(record: dict | None, wanted: dict) -> str | None:
     return "; ".join(reasons) or None
 
 
-def check_speaker_map(label: str, saved: dict, data_map: SpeakerMap) -> None:
-    """Refuse to continue training weights whose speaker tokens stand for other people in this data."""
-    changes = SpeakerMap.from_json(saved).diff(data_map, f"for {label}", "in data.path")
+def check_speaker_map(label: str, saved: dict, data_map: SpeakerMap, *, grown: bool = False) -> None:
+    """Refuse to continue training weights whose speaker tokens stand for other people in this data
+    (with `grown`, the data's map may add people: a stable map grown from the saved one)."""
+    changes = SpeakerMap.from_json(saved).diff(data_map, f"for {label}", "in data.path", grown=grown)
     if changes:
         raise ConfigError(
             f"{label} was trained with another speaker map than data.path's ({changes}): its speaker tokens "
@@ -149,7 +150,8 @@ def check_base_speaker_map(cfg: FizzbotConfig, data_map: SpeakerMap) -> None:
     base = cfg.model.base
     if storage.is_uri(base) or not (Path(base) / ckpt.SPEAKER_MAP).is_file():
         return
-    check_speaker_map(f"model.base={base}", json.loads((Path(base) / ckpt.SPEAKER_MAP).read_text()), data_map)
+    # Continuing a checkpoint on new data: people may have joined (appended tokens), none may move.
+    check_speaker_map(f"model.base={base}", json.loads((Path(base) / ckpt.SPEAKER_MAP).read_text()), data_map, grown=True)
 
 
 # --- choosing the run -------------------------------------------------------------------------------

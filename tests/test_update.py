@@ -1,0 +1,134 @@
+"""`fizzbot update`: a model trained on the first part of the demo corpus, updated with the second
+part (later days, a newcomer, and a day both parts hold): the speaker map grows without moving anyone,
+what was seen is skipped, the new checkpoint is better on the new messages, and the decision is
+written and honoured by --latest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.config import load_config
+
+DAY = 86400.0
+
+
+def split_corpus(corpus: Path, first: Path, second: Path, cut_day: int, overlap_days: int = 1) -> None:
+    """The demo's channel files cut by time: `first` up to the cut, `second` from a day before it on
+    (that day is in both: overlapping exports), plus a newcomer in `second`."""
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    start = None
+    for path in sorted(corpus.iterdir()):
+        rows = json.loads(path.read_text()) if path.suffix == ".json" else [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        stamps = [_ts(r["timestamp"]) for r in rows]
+        start = min(stamps) if start is None else min(start, min(stamps))
+    for path in sorted(corpus.iterdir()):
+        rows = json.loads(path.read_text()) if path.suffix == ".json" else [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        cut = start + cut_day * DAY
+        early = [r for r in rows if _ts(r["timestamp"]) < cut]
+        late = [r for r in rows if _ts(r["timestamp"]) >= cut - overlap_days * DAY]
+        for folder, part in ((first, early), (second, late)):
+            (folder / (path.stem + ".jsonl")).write_text("".join(json.dumps(r) + "\n" for r in part))
+    newcomer_start = start + (cut_day + 0.5) * DAY
+    (second / "welcome.jsonl").write_text("".join(
+        json.dumps({"username": "zz_newbie" if i % 2 else "pixelpaws", "content": f"welcome round {i}, glad to be here",
+                    "timestamp": newcomer_start + 30 * i}) + "\n"
+        for i in range(400)
+    ))
+
+
+def _ts(value) -> float:
+    import datetime as dt
+
+    if isinstance(value, (int, float)):
+        return float(value) / (1000.0 if value > 1e11 else 1.0)
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+TINY = [
+    "model.base=tiny", "model.method=full", "model.tiny.vocab_size=512", "model.tiny.hidden_size=64", "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2", "model.tiny.num_kv_heads=2", "model.tiny.intermediate_size=128",
+    "model.tiny.max_position_embeddings=512", "training.num_workers=1", "training.batch_size=16", "training.max_seq_len=192",
+    "training.learning_rate=3e-3", "training.warmup_steps=5", "training.eval_max_batches=4", "training.log_steps=20",
+]
+
+
+@pytest.fixture(scope="module")
+def first_model(tmp_path_factory):
+    from fizzbot.data.demo import write_demo_corpus
+    from fizzbot.data.pipeline import prepare
+    from fizzbot.train.trainer import train
+
+    root = tmp_path_factory.mktemp("update")
+    write_demo_corpus(root / "corpus", seed=3, days=8)
+    split_corpus(root / "corpus", root / "part1", root / "part2", cut_day=5)
+    cfg = load_config(None, [f"data.inputs=[{root / 'part1'}]", f"data.output={root / 'prepared1'}", "data.max_speakers=16"]
+                      + TINY + [f"data.path={root / 'prepared1'}", f"run.dir={root / 'runs'}", "run.name=chan",
+                                "training.max_steps=60", "training.eval_steps=60", "training.save_steps=60"])
+    prepare(cfg.data, use_ray=False, report=False)
+    result = train(cfg, use_ray=False)
+    return {"root": root, "checkpoint": result.best_checkpoint, "cfg": cfg}
+
+
+def test_update_grows_the_map_skips_what_was_seen_learns_the_new_and_promotes(first_model):
+    from fizzbot.artifacts.checkpoint import find_latest
+    from fizzbot.update import run_update
+
+    root, old = first_model["root"], Path(first_model["checkpoint"])
+    cfg = load_config(None, [f"run.dir={root / 'runs'}", "update.max_steps=40", "update.learning_rate=2e-3"])
+    result = run_update(cfg, old, [str(root / "part2")], use_ray=False)
+    report = result.report
+
+    before = SpeakerMap.load(old / "speaker_map.json")
+    after = SpeakerMap.load(Path(result.new_checkpoint) / "speaker_map.json")
+    assert before.diff(after, grown=True) is None  # every old token keeps its person
+    assert after.other_token == before.other_token
+    assert "zz_newbie" in [s.username for s in after.speakers]
+    assert before.lookup("zz_newbie") is None
+
+    data = report["data"]
+    assert data["duplicates_skipped"] > 0  # the day both parts hold
+    assert data["new_train"] > 0 and data["replayed"] == round(0.5 * data["new_train"])
+    losses = report["validation_loss"]
+    assert losses["new_messages"]["new"] < losses["new_messages"]["old"]
+    assert report["promoted"] is True, report["reason"]
+    written = json.loads((result.run_dir / "fizzbot_update.json").read_text())
+    assert written["promoted"] is True and written["new_checkpoint"] == str(result.new_checkpoint)
+    assert Path(find_latest(root / "runs")) == Path(result.new_checkpoint)
+
+
+def test_an_unpromoted_update_is_passed_over_by_latest(first_model, tmp_path):
+    """An update that wrecks the model (a learning rate far too high) is not promoted: the run is kept,
+    its decision written, and --latest still gives the model in use."""
+    import shutil
+
+    from fizzbot.artifacts.checkpoint import find_latest
+    from fizzbot.update import run_update
+
+    root, old = first_model["root"], Path(first_model["checkpoint"])
+    runs = tmp_path / "runs"
+    run_folder = old.parent  # the first model's run only (not the update the other test made)
+    shutil.copytree(run_folder, runs / run_folder.relative_to(root / "runs"))
+    shutil.copy2(run_folder.parent / ".fizzbot", runs / run_folder.parent.name / ".fizzbot")  # fizzbot's folder, moved
+    old_here = runs / old.relative_to(root / "runs")
+    assert Path(find_latest(runs)) == old_here
+    cfg = load_config(None, [f"run.dir={runs}", "update.max_steps=6", "update.warmup_steps=0", "update.learning_rate=5.0",
+                             "update.replay_share=0"])
+    result = run_update(cfg, old_here, [str(root / "part2")], use_ray=False)
+    assert result.promoted is False and result.report["reason"]
+    assert json.loads((result.run_dir / "fizzbot_update.json").read_text())["promoted"] is False
+    assert Path(find_latest(runs)) == old_here
+
+
+def test_update_of_inputs_the_model_has_seen_says_so(first_model):
+    from fizzbot.errors import InputError
+    from fizzbot.update import run_update
+
+    root, old = first_model["root"], Path(first_model["checkpoint"])
+    cfg = load_config(None, [f"run.dir={root / 'runs-none'}", "update.max_steps=2"])
+    with pytest.raises(InputError, match="no new messages"):
+        run_update(cfg, old, [str(root / "part1")], use_ray=False)
