@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -132,7 +133,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         tokenizer_model=args.tokenizer_model or g.tokenizer_model,
         max_prompt_tokens=g.max_prompt_tokens,
         max_batch_size=g.max_batch_size,
-        static_cache=g.compile,
         compile=g.compile,
         max_cache_len=g.max_cache_len,
     )
@@ -172,10 +172,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     you = smap.resolve(args.speaker)
     names = smap.token_to_username()
     print(f"fizzbot chat: you are {names[you]} ({you}); model {model_dir}. Empty line lets the channel talk; /quit ends.", file=sys.stderr)
-    if prompt:
-        (result,) = engine.generate([Request(prompt, params)])
+    turn = 0
+
+    def reply() -> str:
+        # Each turn draws with the next seed: a fixed seed makes the session reproducible, not every
+        # answer the same draw (two different messages once got the identical reply).
+        nonlocal turn
+        seed = None if params.seed is None else params.seed + turn
+        turn += 1
+        (result,) = engine.generate([Request(prompt, dataclasses.replace(params, seed=seed))])
         show(result.text)
-        prompt += result.text + "\n"
+        return result.text + "\n"
+
+    if prompt:
+        prompt += reply()
     while True:
         if sys.stdin.isatty():
             try:
@@ -191,9 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             break
         if line.strip():
             prompt += encode_messages([{"speaker": you, "content": line}], smap)
-        (result,) = engine.generate([Request(prompt, params)])
-        show(result.text)
-        prompt += result.text + "\n"
+        prompt += reply()
     return 0
 
 

@@ -201,9 +201,21 @@ class GenerateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
     compile: bool = Field(
-        False, description="Static-slot KV cache with the decode step captured as a CUDA graph (GPU; first requests compile)."
+        False, description="Capture the decode step (forward, sampling, grammar) as CUDA graphs, one per batch size (GPU)."
     )
-    max_cache_len: int = Field(2048, ge=64, description="Slot length of the static KV cache (with generate.compile).")
+    max_cache_len: int = Field(
+        2048, ge=64,
+        description="Most tokens one conversation (prompt + generated) may hold; a row reaching it ends with `length`. "
+        "The server raises it to what its limits allow (serve.max_prompt_tokens + serve.max_turns x serve.max_new_tokens).",
+    )
+    kv_cache_tokens: int | None = Field(
+        None, ge=64,
+        description="Tokens the paged KV cache holds, shared by all rows; default max_batch_size x max_cache_len "
+        "(every row's worst case; memory is only touched as it is used).",
+    )
+    prefill_chunk_tokens: int | None = Field(
+        None, ge=16, description="Prompt tokens prefilled per engine step (long prompts take several); default 2048 on GPU, 512 on CPU."
+    )
 
 
 class AutoscalingConfig(Section):
@@ -228,6 +240,9 @@ class ServeConfig(Section):
     max_n: int = Field(4, ge=1, description="Most completions per request (OpenAI `n`).")
     max_concurrent_requests: int = Field(32, ge=1, description="Requests decoded at once on a replica.")
     max_queued_requests: int = Field(64, ge=0, description="Requests waiting beyond those; more get 503.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Every request ends within this: past it, a JSON error (504), or an SSE error event then [DONE]."
+    )
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
     blocking: bool = Field(True, description="`fizzbot serve` waits until interrupted.")
 

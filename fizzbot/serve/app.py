@@ -12,6 +12,7 @@ continuous-batching loop lets concurrent requests share forward passes; admissio
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -153,6 +154,52 @@ def resolve_model_dir(cfg: FizzbotConfig) -> str:
     return str(find_latest(cfg.run.dir).resolve())
 
 
+class _Job:
+    """One engine request as the asyncio side sees it: its future, deadline and in-flight count."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float):
+        self.loop, self.deadline = loop, deadline
+        self.future: asyncio.Future = loop.create_future()
+        self.request = None
+        self.counted = None
+
+    def done(self, outcome) -> None:  # from the engine's thread
+        self.loop.call_soon_threadsafe(lambda: self.future.done() or self.future.set_result(outcome))
+
+    def release(self) -> None:
+        if self.counted is not None:
+            self.counted.in_flight -= 1
+            self.counted = None
+
+
+class _Deltas:
+    """Text deltas from the engine's thread, taken by the event loop all at once (one wake-up pending at most)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.parts: list[str] = []
+        self.lock = threading.Lock()
+        self.ready = asyncio.Event()
+        self.signalled = False
+
+    def put(self, text: str) -> None:
+        with self.lock:
+            self.parts.append(text)
+            if self.signalled:
+                return
+            self.signalled = True
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def wait(self) -> None:
+        await self.ready.wait()
+
+    def take(self) -> str:
+        with self.lock:
+            text, self.parts, self.signalled = "".join(self.parts), [], False
+            self.ready.clear()
+        return text
+
+
 @serve.deployment(name="fizzbot", health_check_period_s=10, health_check_timeout_s=30)
 @serve.ingress(api)
 class FizzbotServer:
@@ -163,22 +210,33 @@ class FizzbotServer:
 
         self.cfg = FizzbotConfig.model_validate(config)
         self.limits: ServeConfig = self.cfg.serve
-        g = self.cfg.generate
+        g, lim = self.cfg.generate, self.limits
         self.model_dir = model_dir
         self.engine = engine_from_checkpoint(
             model_dir,
             device=g.device,
             tokenizer_model=g.tokenizer_model,
-            max_prompt_tokens=self.limits.max_prompt_tokens,
-            max_batch_size=self.limits.max_concurrent_requests,
-            static_cache=g.compile,
+            max_prompt_tokens=lim.max_prompt_tokens,
+            max_batch_size=lim.max_concurrent_requests,
             compile=g.compile,
-            max_cache_len=g.max_cache_len,
+            # Whatever the limits allow fits: a request within them is never cut short by the cache.
+            max_cache_len=max(g.max_cache_len, lim.max_prompt_tokens + lim.max_turns * (lim.max_new_tokens + 3)),
+            kv_cache_tokens=g.kv_cache_tokens,
+            prefill_chunk_tokens=g.prefill_chunk_tokens,
         )
         self.engine.start()
         self.in_flight = 0
+        self.closing = False
         self.created = int(time.time())
         logger.info("fizzbot replica ready: %s", model_dir)
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica shuts down, after its graceful wait for ongoing requests:
+        # whatever is still in flight finishes (up to the request timeout) or fails with an answer.
+        self.closing = True
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop(drain_s=self.limits.request_timeout_s)
 
     async def check_health(self) -> None:
         thread = self.engine._thread
@@ -196,6 +254,8 @@ class FizzbotServer:
 
     def _admit(self, count: int) -> None:
         capacity = self.limits.max_concurrent_requests + self.limits.max_queued_requests
+        if self.closing:
+            raise APIError(503, "the server is shutting down; retry on another replica", "overloaded_error")
         if self.in_flight + count > capacity:
             raise APIError(503, f"server busy: {self.in_flight} requests in flight (limit {capacity}); retry later", "overloaded_error")
 
@@ -235,76 +295,105 @@ class FizzbotServer:
         except KeyError as exc:
             raise APIError(400, str(exc.args[0]), param="messages") from None
 
-    async def _run(self, prompt: str, params, on_text=None):
-        """Submit to the engine and await the result; cancels the request if the client goes away."""
-        from fizzbot.infer.engine import Request as EngineRequest
+    async def _start(self, prompt: str, params, on_text=None) -> "_Job":
+        """Tokenise and check the request off the event loop, then hand it to the engine. Refusals
+        (400: it cannot fit or run; 503: shutting down) come here, before any response starts."""
+        from fizzbot.infer.engine import EngineClosed, EngineError, Request as EngineRequest
 
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-
-        def done(outcome) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(outcome))
-
-        request = EngineRequest(prompt, params, on_text=on_text, on_done=done)
+        job = _Job(loop, time.monotonic() + self.limits.request_timeout_s)
+        request = EngineRequest(prompt, params, on_text=on_text, on_done=job.done)
+        job.request = request
         self.in_flight += 1
+        job.counted = self
         try:
+            await loop.run_in_executor(None, self.engine.prepare, request)
             self.engine.submit(request)
-            outcome = await future
+        except EngineError as exc:
+            job.release()
+            raise APIError(400, str(exc)) from None
+        except EngineClosed as exc:
+            job.release()
+            raise APIError(503, str(exc), "overloaded_error") from None
+        except BaseException:
+            job.release()
+            raise
+        return job
+
+    async def _finish(self, job: "_Job"):
+        """Await the engine's answer, within the request timeout; cancels the request if the client goes away."""
+        from fizzbot.infer.engine import EngineClosed, EngineError
+
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(job.future), timeout=max(0.0, job.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            job.request.cancelled = True
+            raise APIError(504, f"the request did not finish within serve.request_timeout_s={self.limits.request_timeout_s:g}s",
+                           "timeout_error") from None
         except asyncio.CancelledError:
-            request.cancelled = True
+            job.request.cancelled = True  # the client went away: the engine frees its slot at the next step
             raise
         finally:
-            self.in_flight -= 1
+            job.release()
         if isinstance(outcome, BaseException):
-            if isinstance(outcome, ValueError):
+            if isinstance(outcome, EngineError):
                 raise APIError(400, str(outcome))
-            raise outcome
+            if isinstance(outcome, EngineClosed):
+                raise APIError(503, str(outcome), "overloaded_error")
+            logger.warning("generation failed: %s: %s", type(outcome).__name__, outcome)
+            raise APIError(500, f"generation failed: {type(outcome).__name__}: {outcome}", "server_error")
         if self.limits.log_content:
             logger.info("generated %r", outcome.text)
         else:
             logger.info("generated %d tokens in %.2fs (prompt %d tokens)", outcome.completion_tokens, outcome.seconds, outcome.prompt_tokens)
         return outcome
 
-    def _check_prompt_length(self, prompt: str) -> None:
-        n = len(self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if n > self.limits.max_prompt_tokens:
-            raise APIError(400, f"prompt is {n} tokens, over this server's limit of {self.limits.max_prompt_tokens}", param="prompt")
+    async def _run(self, prompt: str, params):
+        return await self._finish(await self._start(prompt, params))
 
-    def _stream(self, prompt: str, params, make_chunk, finish_chunk) -> StreamingResponse:
-        """Server-sent events: one chunk per text delta, a final chunk, then [DONE]."""
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue = asyncio.Queue()
+    async def _check_prompt_length(self, prompt: str) -> None:
+        tokenizer = self.engine.tokenizer
+        ids = await asyncio.get_running_loop().run_in_executor(None, lambda: tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise APIError(400, f"prompt is {len(ids)} tokens, over this server's limit of {self.limits.max_prompt_tokens}", param="prompt")
 
-        def on_text(delta: str) -> None:
-            loop.call_soon_threadsafe(deltas.put_nowait, delta)
+    async def _stream(self, prompt: str, params, make_chunk, finish_chunk) -> StreamingResponse:
+        """Server-sent events: text deltas, a final chunk, then [DONE]; an error mid-stream is an `error`
+        event, then [DONE]. A client that falls behind gets the deltas made meanwhile as one event."""
+        deltas = _Deltas(asyncio.get_running_loop())
+        job = await self._start(prompt, params, on_text=deltas.put)
+
+        def event(payload: dict) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
 
         async def events():
-            task = asyncio.ensure_future(self._run(prompt, params, on_text=on_text))
+            finishing = asyncio.ensure_future(self._finish(job))
             try:
                 while True:
-                    getter = asyncio.ensure_future(deltas.get())
-                    finished, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in finished:
-                        chunk = make_chunk(getter.result())
+                    waiter = asyncio.ensure_future(deltas.wait())
+                    await asyncio.wait({waiter, finishing}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    text = deltas.take()
+                    if text:
+                        chunk = make_chunk(text)
                         if chunk is not None:
-                            yield f"data: {json.dumps(chunk)}\n\n"
-                        continue
-                    getter.cancel()
-                    while not deltas.empty():
-                        chunk = make_chunk(deltas.get_nowait())
-                        if chunk is not None:
-                            yield f"data: {json.dumps(chunk)}\n\n"
-                    try:
-                        result = task.result()
-                    except APIError as exc:
-                        yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'param': exc.param}})}\n\n"
+                            yield event(chunk)
+                    if finishing.done():
                         break
-                    yield f"data: {json.dumps(finish_chunk(result))}\n\n"
-                    break
+                try:
+                    result = finishing.result()
+                except APIError as exc:
+                    yield event({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.status}})
+                except Exception as exc:  # noqa: BLE001 - the stream must still end properly
+                    yield event({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "param": None, "code": 500}})
+                else:
+                    yield event(finish_chunk(result))
                 yield "data: [DONE]\n\n"
             finally:
-                if not task.done():
-                    task.cancel()
+                if not finishing.done():  # the client went away (or the server is stopping)
+                    finishing.cancel()
+                    job.request.cancelled = True
+                    job.release()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -364,7 +453,7 @@ class FizzbotServer:
         if body.stream and (len(prompts) > 1 or body.n > 1):
             raise APIError(400, "stream=true takes one prompt and n=1", param="stream")
         for p in prompts:
-            self._check_prompt_length(p)
+            await self._check_prompt_length(p)
         created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
 
@@ -386,7 +475,7 @@ class FizzbotServer:
                         "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return self._stream(prompts[0], params, chunk, final)
+            return await self._stream(prompts[0], params, chunk, final)
         jobs = [(p, params_for(i)) for p in prompts for i in range(body.n)]
         self._admit(len(jobs))
         results = await asyncio.gather(*(self._run(p, params) for p, params in jobs))
@@ -457,7 +546,7 @@ class FizzbotServer:
                         "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return self._stream(prompt, params, chunk, final)
+            return await self._stream(prompt, params, chunk, final)
         self._admit(body.n)
         results = await asyncio.gather(*(self._run(prompt, params_for(i)) for i in range(body.n)))
         choices = []
@@ -480,13 +569,19 @@ class FizzbotServer:
 # --- building and running ----------------------------------------------------------------------------
 
 
-def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None):
-    """The bound Serve application for a config: replicas, autoscaling and resources from `serve.*`."""
+def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_env: dict | None = None):
+    """The bound Serve application for a config: replicas, autoscaling and resources from `serve.*`
+    (`runtime_env`: the replica's Ray runtime environment, e.g. environment variables)."""
     s = cfg.serve
+    actor: dict[str, Any] = {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}
+    if runtime_env:
+        actor["runtime_env"] = runtime_env
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        "ray_actor_options": actor,
         # Serve's own queue stays out of the way: the replica answers 503 itself, at once.
         "max_ongoing_requests": s.max_concurrent_requests + s.max_queued_requests + 16,
+        # A replica that shuts down lets its requests finish (each ends within the request timeout).
+        "graceful_shutdown_timeout_s": s.request_timeout_s + 5,
     }
     if s.autoscaling is not None:
         options["autoscaling_config"] = s.autoscaling.model_dump()
@@ -509,7 +604,7 @@ def build_app(args: AppArgs):
     return build_deployment(cfg)
 
 
-def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str = "/") -> str:
+def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str = "/", runtime_env: dict | None = None) -> str:
     """Deploy the application on the running Ray (started if needed); returns its base URL.
 
     Serve's HTTP proxy takes `serve.host`/`serve.port` when Serve first starts on a cluster; later
@@ -519,6 +614,6 @@ def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str =
 
     ensure_ray()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_deployment(cfg), name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(build_deployment(cfg, runtime_env=runtime_env), name=name, route_prefix=route_prefix, blocking=False)
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
     return f"http://{host}:{cfg.serve.port}{route_prefix.rstrip('/')}"
