@@ -394,25 +394,36 @@ class GenerationEngine:
             budget -= end - row.prefilled
         if not chunks:
             return []
+        if self.kv is not None:
+            self._write_tables(writes)
         try:
-            if self.kv is not None:
-                self._write_tables(writes)
-            self.faults.check("prefill", [r.request.prompt for r in rows])
-            logits = self.runner.prefill(chunks)
-            done = [r for r, c in zip(rows, chunks) if c.last]
-            if done:
-                self.state.sample(logits, host_to_device(torch.tensor([r.slot for r in done], dtype=torch.long), self.device))
-        except BaseException as exc:  # only the rows prefilled together fail
-            logger.warning("prefill of %d rows failed: %s", len(rows), exc)
-            for row in rows:
-                self._close(row, error=exc)
-            return []
+            done = self._run_prefill(rows, chunks)
+        except BaseException as exc:
+            logger.warning("prefill of %d rows failed (%s)%s", len(rows), exc, ": retrying row by row" if len(rows) > 1 and self.pool else "")
+            done, kept = [], []
+            for row, chunk in zip(rows, chunks):
+                try:  # alone (its keys and values land in its own blocks): only the rows that fail alone fail
+                    if len(rows) == 1 or self.pool is None:
+                        raise exc
+                    done += self._run_prefill([row], [chunk])
+                    kept.append((row, chunk))
+                except BaseException as error:
+                    self._close(row, error=error)
+            rows, chunks = [r for r, _ in kept], [c for _, c in kept]
         for row, chunk in zip(rows, chunks):
             row.prefilled = chunk.end
             if self.pool is not None:
                 self._register(row, row.prep.prompt_ids, chunk.end)
             if chunk.last:
                 row.stage = RUNNING
+        return done
+
+    def _run_prefill(self, rows: list[_Row], chunks: list[Chunk]) -> list[_Row]:
+        self.faults.check("prefill", [r.request.prompt for r in rows])
+        logits = self.runner.prefill(chunks)
+        done = [r for r, c in zip(rows, chunks) if c.last]
+        if done:
+            self.state.sample(logits, host_to_device(torch.tensor([r.slot for r in done], dtype=torch.long), self.device))
         return done
 
     def _register(self, row: _Row, ids: list[int], written: int) -> None:
@@ -434,6 +445,7 @@ class GenerationEngine:
                 self._take_blocks(row, row.fed + 1, writes)
             self._write_tables(writes)
         try:
+            self.faults.check("slow", [r.request.prompt for r in rows])
             self.faults.check("step", [r.request.prompt for r in rows])
             self.runner.decode([r.slot for r in rows], max(r.fed for r in rows) + 1)
         except BaseException as exc:

@@ -2,15 +2,17 @@
 
 Off unless the engine's process has `FIZZBOT_INJECT_FAULTS=stage=MARKER[,stage=MARKER...]`; then a
 request whose prompt contains MARKER fails at that stage. Stages: `prefill` (the forward that
-prefills its prompt raises, for every row prefilled with it) and `step` (its decode step raises).
+prefills its prompt raises, for every row prefilled with it), `step` (its decode step raises) and
+`slow` (every decode step with it takes 50 ms longer: a request that outlives its timeout).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 ENV = "FIZZBOT_INJECT_FAULTS"
-STAGES = ("prefill", "step")
+STAGES = ("prefill", "step", "slow")
 
 
 class InjectedFault(RuntimeError):
@@ -33,4 +35,7 @@ class Faults:
     def check(self, stage: str, prompts) -> None:
         marker = self.markers.get(stage)
         if marker and any(marker in p for p in prompts):
+            if stage == "slow":
+                time.sleep(0.05)
+                return
             raise InjectedFault(f"injected {stage} failure")
