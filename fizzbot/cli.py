@@ -234,11 +234,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fizzbot.pipeline import wait_healthy
     from fizzbot.serve.app import resolve_model_dir, run_server
 
-    model_dir = resolve_model_dir(cfg)
-    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": model_dir})})
+    if cfg.serve.adapters:
+        what = "adapters " + ", ".join(cfg.serve.adapters)
+    else:
+        what = resolve_model_dir(cfg)
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": what})})
     url = run_server(cfg)
     wait_healthy(url)
-    print(f"fizzbot serving {model_dir}\n  {url}/v1/generate  (OpenAI-compatible: {url}/v1)", flush=True)
+    print(f"fizzbot serving {what}\n  {url}/v1/generate  (OpenAI-compatible: {url}/v1)", flush=True)
     if not cfg.serve.blocking:
         return 0
     try:

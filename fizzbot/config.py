@@ -226,6 +226,14 @@ class AutoscalingConfig(Section):
 
 class ServeConfig(Section):
     model_dir: str | None = Field(None, description="Checkpoint to serve; unset means the newest run's best.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Several LoRA checkpoints of one base, served unmerged side by side: {name: checkpoint}. A request's "
+        "`model` picks one (the first answers to serve.model_name and to requests without a model); serve.model_dir is unused. "
+        "Changing this on a running app (`serve deploy`, or `fizzbot serve` again) loads new adapters without a restart.",
+    )
+    max_adapters: int = Field(16, ge=1, description="Adapter slots per replica (adapters added later need a free one).")
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest LoRA rank an adapter may have; default the largest at start.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="When set, every route but /healthz needs `Authorization: Bearer <key>`.")

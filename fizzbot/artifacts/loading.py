@@ -12,9 +12,9 @@ from fizzbot.artifacts import checkpoint as ckpt
 from fizzbot.chat.speakers import SpeakerMap
 
 
-def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer_model: str | None = None, dtype: torch.dtype | None = None):
-    """(model, tokenizer, speaker map) from a checkpoint: full weights, or an adapter merged onto its base."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_chat_tokens(model_dir: str | Path, tokenizer_model: str | None = None):
+    """(tokenizer, speaker map) of a checkpoint, the tokenizer checked to hold every chat token whole."""
+    from transformers import AutoTokenizer
 
     from fizzbot.model.tokenizer import check_chat_tokens
 
@@ -33,12 +33,28 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     check_chat_tokens(tokenizer, speaker_map.tokens)
+    return tokenizer, speaker_map
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model an adapter checkpoint was trained on (None: the folder holds full weights)."""
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    return str(folder / ckpt.BASE_DIR) if (folder / ckpt.BASE_DIR).is_dir() else adapter.get("base_model_name_or_path")
+
+
+def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer_model: str | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer, speaker map) from a checkpoint: full weights, or an adapter merged onto its base."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(model_dir)
+    tokenizer, speaker_map = load_chat_tokens(folder, tokenizer_model)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if (folder / "adapter_config.json").is_file():
+    base = adapter_base(folder)
+    if base is not None:
         from peft import PeftModel
 
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = folder / ckpt.BASE_DIR if (folder / ckpt.BASE_DIR).is_dir() else adapter.get("base_model_name_or_path")
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -47,6 +47,7 @@ class PagedBatch:
     key_slots: torch.Tensor | None = None  # [seqs, k_max]: cache slots of each sequence's keys
     key_valid: torch.Tensor | None = None  # [seqs, k_max]
     adapter_ids: torch.Tensor | None = None  # [tokens]: LoRA adapter of each token (-1: the base alone)
+    logit_adapter_ids: torch.Tensor | None = None  # the same for the positions whose logits are computed
 
 
 _current: PagedBatch | None = None

@@ -145,6 +145,8 @@ class GenerationEngine:
             self.kv = PagedKV(cfg.num_hidden_layers, blocks, block_size, kv_heads, head_dim, max_batch_size + 1, row_blocks, dtype, self.device)
             self.pool: BlockPool | None = BlockPool(blocks, block_size)
             self.runner = PagedRunner(model, self.state, self.kv, self.device, graphs=graphs and self.device.type == "cuda", lora=lora)
+            with torch.inference_mode():
+                self.runner.capture_all()  # every batch-size bucket now, not in the first requests' time
         elif backend == "dynamic":
             self.kv, self.pool = None, None
             self.runner = DynamicRunner(model, self.state, self.device, self.chat.pad_id)
@@ -187,11 +189,34 @@ class GenerationEngine:
     def encode(self, prompt: str, adapter: str | None = None) -> tuple[list[int], int]:
         return self.vocab_for(adapter).encode(prompt)
 
-    def add_vocab(self, name: str, vocab: ChatVocab) -> int:
-        """Serve another adapter's chat vocabulary (lora.py registers its weights)."""
-        index = self.state.add_vocab(vocab)
-        self.vocabs.append(vocab)
-        self.adapter_index[name] = index
+    @property
+    def adapters(self) -> list[str]:
+        return [name for name in self.adapter_index if name is not None]
+
+    def add_adapter(self, name: str, folder: str | Path, tokenizer_model: str | None = None) -> int:
+        """Serve another LoRA adapter of this engine's base, from now on, beside the running rows."""
+        from fizzbot.artifacts.loading import load_chat_tokens
+        from fizzbot.infer.lora import read_adapter
+
+        if self.lora is None:
+            raise EngineError("this engine serves one merged model; adapters need serve.adapters")
+        if name in self.adapter_index:
+            raise EngineError(f"an adapter named {name!r} is already served")
+        weights = read_adapter(folder, self.lora.base_rows)
+        if self.lora.loaded and weights.base != next(iter(self.lora.loaded.values())).base:
+            raise EngineError(f"{folder} was trained on {weights.base}, not on this server's base "
+                              f"{next(iter(self.lora.loaded.values())).base}")
+        tokenizer, speaker_map = load_chat_tokens(folder, tokenizer_model)
+        vocab = ChatVocab(tokenizer, speaker_map, self.vocab, self.max_prompt_tokens)
+        index = len(self.vocabs) if self.lora.loaded else 0
+        self.lora.load(index, weights)
+        if index == 0:  # the engine was built on this adapter's vocabulary: it is the default
+            self.vocabs[0] = self.chat = vocab
+            self.state.vocabs[0] = vocab
+        else:
+            self.state.add_vocab(vocab)
+            self.vocabs.append(vocab)
+        self.adapter_index[name] = index  # visible to requests only now, with everything in place
         return index
 
     # --- requests ----------------------------------------------------------------------------------
@@ -240,8 +265,10 @@ class GenerationEngine:
         return [r.result for r in requests]
 
     def stats(self) -> dict:
+        graphs = getattr(self.runner, "graphs", {})
         return {"waiting": len(self._waiting), "running": len(self._rows), "steps": self.steps, "tokens": self.tokens_generated,
-                "prefix_blocks_reused": self.pool.hits if self.pool else 0}
+                "prefix_blocks_reused": self.pool.hits if self.pool else 0, "cuda_graphs": sorted(graphs),
+                "graph_error": getattr(self.runner, "capture_error", None)}
 
     # --- the loop -------------------------------------------------------------------------------------
     def start(self) -> None:

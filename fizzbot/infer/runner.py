@@ -15,6 +15,7 @@ Two backends with one interface (`prefill`, `decode`, `release`):
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 
 import torch
@@ -22,6 +23,8 @@ import torch
 from fizzbot.infer.attention import DECODE_SDPA, PAGED, PagedBatch, use_attention, using
 from fizzbot.infer.kv_cache import PagedKV
 from fizzbot.infer.sampling import VOCAB, SlotState, host_to_device
+
+logger = logging.getLogger("fizzbot.engine")
 
 
 class Chunk:
@@ -49,6 +52,7 @@ class PagedRunner:
         self.model, self.state, self.kv, self.device, self.lora = model, state, kv, device, lora
         self.max_context = kv.block_table.shape[1] * kv.block_size
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.capture_error: str | None = None
         self.buckets: list[int] = graph_buckets(state.slots) if graphs and device.type == "cuda" else []
         self._pool = None
 
@@ -90,8 +94,10 @@ class PagedRunner:
             kv=self.kv, slot_mapping=dev(torch.tensor(slots, dtype=torch.long)), decode=False,
             query_index=dev(query_index), query_pos=dev(query_pos), query_valid=dev(query_valid),
             key_slots=dev(key_slots), key_valid=dev(key_valid),
-            adapter_ids=dev(torch.tensor(adapters, dtype=torch.long)) if self.lora is not None else None,
         )
+        if self.lora is not None:
+            batch.adapter_ids = dev(torch.tensor(adapters, dtype=torch.long))
+            batch.logit_adapter_ids = dev(torch.tensor([adapters[i] for i in keep], dtype=torch.long))
         with using(batch):
             out = self.model(
                 input_ids=dev(torch.tensor([ids], dtype=torch.long)), position_ids=dev(torch.tensor([positions], dtype=torch.long)),
@@ -119,12 +125,12 @@ class PagedRunner:
         slot_mapping = self.kv.slots_for(tables, positions[:, None])[:, 0]
         adapters = s.ints.index_select(0, index)[:, VOCAB] if self.lora is not None else None
         batch = PagedBatch(kv=self.kv, slot_mapping=slot_mapping, decode=True, block_tables=tables,
-                           context_lens=positions + 1, max_context=max_context, adapter_ids=adapters)
+                           context_lens=positions + 1, max_context=max_context, adapter_ids=adapters, logit_adapter_ids=adapters)
         with using(batch):
             logits = self.model(input_ids=s.last.index_select(0, index)[:, None], position_ids=positions[:, None], use_cache=False).logits[:, -1]
         s.sample(logits, index)
         s.positions.index_copy_(0, index, positions + 1)
-        s.positions[s.padding_slot] = 0  # padding rows of a graph bucket stay in block 0
+        s.positions.narrow(0, s.padding_slot, 1).zero_()  # padding rows of a graph bucket stay in block 0
 
     def _graph(self, size: int):
         if size not in self.graphs:
@@ -143,9 +149,16 @@ class PagedRunner:
         return self.graphs[size]
 
     def capture_all(self) -> None:
-        """Capture every bucket now (largest first, so the smaller ones fit in its memory pool)."""
-        for size in sorted(self.buckets, reverse=True):
-            self._graph(size)
+        """Capture every bucket now (largest first, so the smaller ones fit in its memory pool). A model
+        whose forward cannot be captured runs eagerly (logged, and shown by the server's /healthz)."""
+        try:
+            for size in sorted(self.buckets, reverse=True):
+                self._graph(size)
+        except Exception as exc:  # noqa: BLE001 - eager decoding still serves
+            logger.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
+            self.capture_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.buckets, self.graphs, self._pool = [], {}, None
+            torch.cuda.synchronize()
 
     def release(self, slot: int) -> None:
         pass  # the engine returns the row's blocks to the pool

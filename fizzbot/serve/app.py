@@ -10,6 +10,7 @@ continuous-batching loop lets concurrent requests share forward passes; admissio
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import threading
@@ -53,6 +54,7 @@ class ContextMessage(_Body):
 
 
 class GenerateBody(_Body):
+    model: str | None = Field(None, description="The adapter (community) that answers; default the server's first.")
     context: list[ContextMessage] | str = Field(default_factory=list, description="Messages, or raw text with speaker tokens.")
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=5.0)
@@ -68,6 +70,7 @@ class GenerateBody(_Body):
 
 class DecodeBody(_Body):
     text: str
+    model: str | None = None
 
 
 class _OpenAIBody(_Body):
@@ -154,6 +157,17 @@ def resolve_model_dir(cfg: FizzbotConfig) -> str:
     return str(find_latest(cfg.run.dir).resolve())
 
 
+def resolve_adapters(cfg: FizzbotConfig) -> dict[str, str]:
+    """serve.adapters with absolute paths (the replica may run elsewhere), each checked to exist."""
+    found = {}
+    for name, folder in cfg.serve.adapters.items():
+        path = Path(folder)
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"serve.adapters.{name}={folder}: no LoRA checkpoint there (no adapter_config.json)")
+        found[name] = str(path.resolve())
+    return found
+
+
 class _Job:
     """One engine request as the asyncio side sees it: its future, deadline and in-flight count."""
 
@@ -205,15 +219,27 @@ class _Deltas:
 class FizzbotServer:
     """One replica: a loaded checkpoint, its generation engine, and the HTTP routes."""
 
-    def __init__(self, config: dict, model_dir: str):
-        from fizzbot.infer.engine import engine_from_checkpoint
-
+    def __init__(self, config: dict, model_dir: str | None):
         self.cfg = FizzbotConfig.model_validate(config)
         self.limits: ServeConfig = self.cfg.serve
-        g, lim = self.cfg.generate, self.limits
         self.model_dir = model_dir
-        self.engine = engine_from_checkpoint(
-            model_dir,
+        self.engine = None
+        if model_dir is not None:  # one checkpoint; with serve.adapters the engine comes with the first reconfigure
+            from fizzbot.infer.engine import engine_from_checkpoint
+
+            self.engine = engine_from_checkpoint(model_dir, **self._engine_options())
+            self.engine.start()
+        self.in_flight = 0
+        self.closing = False
+        self.created = int(time.time())
+        self.replica = uuid.uuid4().hex[:12]  # tells a reconfigured replica from a replaced one
+        self.folders: dict[str, str] = {}
+        if self.engine is not None:
+            logger.info("fizzbot replica ready: %s", model_dir)
+
+    def _engine_options(self) -> dict:
+        g, lim = self.cfg.generate, self.limits
+        return dict(
             device=g.device,
             tokenizer_model=g.tokenizer_model,
             max_prompt_tokens=lim.max_prompt_tokens,
@@ -224,11 +250,32 @@ class FizzbotServer:
             kv_cache_tokens=g.kv_cache_tokens,
             prefill_chunk_tokens=g.prefill_chunk_tokens,
         )
-        self.engine.start()
-        self.in_flight = 0
-        self.closing = False
-        self.created = int(time.time())
-        logger.info("fizzbot replica ready: %s", model_dir)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve's user_config: {"adapters": {name: checkpoint}}. New names load into free slots beside the
+        running rows; names left out stop being served (their slots stay taken until a restart)."""
+        adapters = dict(user_config.get("adapters") or {})
+        if not adapters:
+            return
+        if self.engine is None:
+            from fizzbot.infer.lora import engine_from_adapters
+
+            options = self._engine_options()
+            options.pop("tokenizer_model")
+            self.engine = engine_from_adapters(adapters, max_adapters=self.limits.max_adapters, max_rank=self.limits.max_lora_rank, **options)
+            self.engine.start()
+            self.folders = {name: str(folder) for name, folder in adapters.items()}
+            logger.info("fizzbot replica ready: adapters %s", ", ".join(adapters))
+            return
+        for name, folder in adapters.items():
+            if name not in self.engine.adapter_index:
+                self.engine.add_adapter(name, folder)
+                self.folders[name] = str(folder)
+                logger.info("adapter %s added: %s", name, folder)
+        for name in [n for n in self.engine.adapters if n not in adapters]:
+            del self.engine.adapter_index[name]
+            self.folders.pop(name, None)
+            logger.info("adapter %s no longer served", name)
 
     def __del__(self) -> None:
         # Serve calls this when the replica shuts down, after its graceful wait for ongoing requests:
@@ -239,7 +286,7 @@ class FizzbotServer:
             engine.stop(drain_s=self.limits.request_timeout_s)
 
     async def check_health(self) -> None:
-        thread = self.engine._thread
+        thread = self.engine._thread if self.engine is not None else None
         if thread is None or not thread.is_alive():
             raise RuntimeError("the generation loop is not running")
 
@@ -259,7 +306,16 @@ class FizzbotServer:
         if self.in_flight + count > capacity:
             raise APIError(503, f"server busy: {self.in_flight} requests in flight (limit {capacity}); retry later", "overloaded_error")
 
-    def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, speaker=None, forbid=(), stop=(), top_k=None):
+    def _choose(self, model: str | None) -> str | None:
+        """The adapter a request's `model` names (None: the default model)."""
+        if model is None or model == self.limits.model_name or not self.engine.adapters:
+            return None  # one merged model answers to any name, as before adapters
+        if model not in self.engine.adapter_index:
+            raise APIError(404, f"model {model!r} is not served here; GET /v1/models lists them", "not_found_error", param="model")
+        return model
+
+    def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, speaker=None, forbid=(), stop=(), top_k=None,
+                  adapter=None):
         from fizzbot.infer.engine import SamplingParams
 
         g, lim = self.cfg.generate, self.limits
@@ -267,7 +323,7 @@ class FizzbotServer:
             raise APIError(400, f"max_new_tokens {max_new_tokens} is over this server's limit of {lim.max_new_tokens}", param="max_new_tokens")
         if turns is not None and turns > lim.max_turns:
             raise APIError(400, f"turns {turns} is over this server's limit of {lim.max_turns}", param="turns")
-        smap = self.engine.speaker_map
+        smap = self.engine.vocab_for(adapter).speaker_map
         try:
             force = smap.resolve(speaker) if speaker else None
             forbidden = tuple(smap.resolve(s) for s in forbid)
@@ -287,22 +343,22 @@ class FizzbotServer:
             stop=tuple(stop),
         )
 
-    def _prompt_from_messages(self, messages: list[dict]) -> str:
+    def _prompt_from_messages(self, messages: list[dict], adapter: str | None = None) -> str:
         from fizzbot.chat.conversation import encode_messages
 
         try:
-            return encode_messages(messages, self.engine.speaker_map)
+            return encode_messages(messages, self.engine.vocab_for(adapter).speaker_map)
         except KeyError as exc:
             raise APIError(400, str(exc.args[0]), param="messages") from None
 
-    async def _start(self, prompt: str, params, on_text=None) -> "_Job":
+    async def _start(self, prompt: str, params, on_text=None, adapter: str | None = None) -> "_Job":
         """Tokenise and check the request off the event loop, then hand it to the engine. Refusals
         (400: it cannot fit or run; 503: shutting down) come here, before any response starts."""
         from fizzbot.infer.engine import EngineClosed, EngineError, Request as EngineRequest
 
         loop = asyncio.get_running_loop()
         job = _Job(loop, time.monotonic() + self.limits.request_timeout_s)
-        request = EngineRequest(prompt, params, on_text=on_text, on_done=job.done)
+        request = EngineRequest(prompt, params, on_text=on_text, on_done=job.done, adapter=adapter)
         job.request = request
         self.in_flight += 1
         job.counted = self
@@ -348,20 +404,20 @@ class FizzbotServer:
             logger.info("generated %d tokens in %.2fs (prompt %d tokens)", outcome.completion_tokens, outcome.seconds, outcome.prompt_tokens)
         return outcome
 
-    async def _run(self, prompt: str, params):
-        return await self._finish(await self._start(prompt, params))
+    async def _run(self, prompt: str, params, adapter: str | None = None):
+        return await self._finish(await self._start(prompt, params, adapter=adapter))
 
-    async def _check_prompt_length(self, prompt: str) -> None:
-        tokenizer = self.engine.tokenizer
+    async def _check_prompt_length(self, prompt: str, adapter: str | None = None) -> None:
+        tokenizer = self.engine.vocab_for(adapter).tokenizer
         ids = await asyncio.get_running_loop().run_in_executor(None, lambda: tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if len(ids) > self.limits.max_prompt_tokens:
             raise APIError(400, f"prompt is {len(ids)} tokens, over this server's limit of {self.limits.max_prompt_tokens}", param="prompt")
 
-    async def _stream(self, prompt: str, params, make_chunk, finish_chunk) -> StreamingResponse:
+    async def _stream(self, prompt: str, params, make_chunk, finish_chunk, adapter: str | None = None) -> StreamingResponse:
         """Server-sent events: text deltas, a final chunk, then [DONE]; an error mid-stream is an `error`
         event, then [DONE]. A client that falls behind gets the deltas made meanwhile as one event."""
         deltas = _Deltas(asyncio.get_running_loop())
-        job = await self._start(prompt, params, on_text=deltas.put)
+        job = await self._start(prompt, params, on_text=deltas.put, adapter=adapter)
 
         def event(payload: dict) -> str:
             return f"data: {json.dumps(payload)}\n\n"
@@ -401,22 +457,25 @@ class FizzbotServer:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         await self.check_health()
-        return {"status": "ok", "model": self.limits.model_name, "in_flight": self.in_flight}
+        return {"status": "ok", "model": self.limits.model_name, "in_flight": self.in_flight, "replica": self.replica,
+                "engine": self.engine.stats()}
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self._authorize(request)
-        return {
-            "object": "list",
-            "data": [{"id": self.limits.model_name, "object": "model", "created": self.created, "owned_by": "fizzbot", "root": self.model_dir}],
-        }
+        if not self.engine.adapters:
+            entries = [(self.limits.model_name, self.model_dir)]
+        else:
+            entries = [(name, self.folders.get(name)) for name in self.engine.adapters]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created, "owned_by": "fizzbot", "root": root}
+                                           for name, root in entries]}
 
     @api.post("/v1/decode")
     async def decode(self, body: DecodeBody, request: Request) -> dict:
         from fizzbot.chat.conversation import decode, format_lines
 
         self._authorize(request)
-        messages = decode(body.text, self.engine.speaker_map)
+        messages = decode(body.text, self.engine.vocab_for(self._choose(body.model)).speaker_map)
         return {"messages": [m.to_json() for m in messages], "text": format_lines(messages)}
 
     @api.post("/v1/generate")
@@ -424,20 +483,21 @@ class FizzbotServer:
         from fizzbot.chat.conversation import decode
 
         self._authorize(request)
+        adapter = self._choose(body.model)
         if isinstance(body.context, str):
             prompt = body.context
         else:
-            prompt = self._prompt_from_messages([m.model_dump() for m in body.context])
+            prompt = self._prompt_from_messages([m.model_dump() for m in body.context], adapter)
         params = self._sampling(
             max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             repetition_penalty=body.repetition_penalty, turns=body.turns or self.cfg.generate.turns, seed=body.seed,
-            eos_stop=body.eos_stop, speaker=body.speaker, forbid=body.forbid_speakers,
+            eos_stop=body.eos_stop, speaker=body.speaker, forbid=body.forbid_speakers, adapter=adapter,
         )
         self._admit(1)
-        result = await self._run(prompt, params)
+        result = await self._run(prompt, params, adapter)
         return {
             "raw": result.text,
-            "messages": [m.to_json() for m in decode(result.text, self.engine.speaker_map)],
+            "messages": [m.to_json() for m in decode(result.text, self.engine.vocab_for(adapter).speaker_map)],
             "finish_reason": result.finish_reason,
             "dropped_messages": result.dropped_messages,
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
@@ -446,6 +506,7 @@ class FizzbotServer:
     @api.post("/v1/completions")
     async def completions(self, body: CompletionBody, request: Request):
         self._authorize(request)
+        adapter = self._choose(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts:
             raise APIError(400, "prompt is empty", param="prompt")
@@ -453,14 +514,14 @@ class FizzbotServer:
         if body.stream and (len(prompts) > 1 or body.n > 1):
             raise APIError(400, "stream=true takes one prompt and n=1", param="stream")
         for p in prompts:
-            await self._check_prompt_length(p)
+            await self._check_prompt_length(p, adapter)
         created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
 
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=body.turns, seed=seed, stop=body.stops)
+                                  repetition_penalty=body.repetition_penalty, turns=body.turns, seed=seed, stop=body.stops, adapter=adapter)
 
         if body.stream:
             params = params_for(0)
@@ -475,10 +536,10 @@ class FizzbotServer:
                         "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return await self._stream(prompts[0], params, chunk, final)
+            return await self._stream(prompts[0], params, chunk, final, adapter)
         jobs = [(p, params_for(i)) for p in prompts for i in range(body.n)]
         self._admit(len(jobs))
-        results = await asyncio.gather(*(self._run(p, params) for p, params in jobs))
+        results = await asyncio.gather(*(self._run(p, params, adapter) for p, params in jobs))
         return {
             "id": rid, "object": "text_completion", "created": created, "model": model,
             "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": _finish(r)} for i, r in enumerate(results)],
@@ -490,6 +551,7 @@ class FizzbotServer:
         from fizzbot.chat.render import split_messages
 
         self._authorize(request)
+        adapter = self._choose(body.model)
         self._check_n(body.n)
         if body.stream and body.n > 1:
             raise APIError(400, "stream=true takes n=1", param="stream")
@@ -500,16 +562,17 @@ class FizzbotServer:
             if not m.name:
                 raise APIError(400, f"messages[{i}] has no name: give the speaker's username as `name`", param=f"messages.{i}.name")
             context.append({"username": m.name, "content": m.content or ""})
-        prompt = self._prompt_from_messages(context)
+        prompt = self._prompt_from_messages(context, adapter)
         max_tokens = body.max_completion_tokens or body.max_tokens
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
-        names = self.engine.speaker_map.token_to_username()
+        names = self.engine.vocab_for(adapter).speaker_map.token_to_username()
 
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, speaker=body.speaker, stop=body.stops)
+                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, speaker=body.speaker, stop=body.stops,
+                                  adapter=adapter)
 
         def message_of(text: str) -> tuple[str | None, str]:
             parts = split_messages(text)
@@ -546,9 +609,9 @@ class FizzbotServer:
                         "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return await self._stream(prompt, params, chunk, final)
+            return await self._stream(prompt, params, chunk, final, adapter)
         self._admit(body.n)
-        results = await asyncio.gather(*(self._run(prompt, params_for(i)) for i in range(body.n)))
+        results = await asyncio.gather(*(self._run(prompt, params_for(i), adapter) for i in range(body.n)))
         choices = []
         for i, r in enumerate(results):
             name, content = message_of(r.text)
@@ -576,6 +639,12 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_e
     actor: dict[str, Any] = {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}
     if runtime_env:
         actor["runtime_env"] = runtime_env
+    if s.adapters:
+        # The adapters travel as Serve's user_config, not as constructor arguments: changing them
+        # reconfigures the running replicas instead of replacing them.
+        options_config = cfg.model_copy(update={"serve": s.model_copy(update={"adapters": {}})}).model_dump(mode="json")
+    else:
+        options_config = cfg.model_dump(mode="json")
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         # Serve's own queue stays out of the way: the replica answers 503 itself, at once.
@@ -587,7 +656,17 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_e
         options["autoscaling_config"] = s.autoscaling.model_dump()
     else:
         options["num_replicas"] = s.num_replicas
-    return FizzbotServer.options(**options).bind(cfg.model_dump(mode="json"), model_dir or resolve_model_dir(cfg))
+    model_dir = None if s.adapters else (model_dir or resolve_model_dir(cfg))
+    if s.adapters:
+        options["user_config"] = {"adapters": resolve_adapters(cfg)}
+    deployment = FizzbotServer.options(**options)
+    # Serve gives a deployment run from Python a random code version, so every `serve.run` replaces
+    # its replicas; a version that follows what a replica is built from instead lets a run that only
+    # changes the user_config (the adapters) reconfigure the running replicas in place (as `serve
+    # deploy` of a config file does). Ray 2.60 took `version` out of options(): the attribute remains.
+    built_from = json.dumps([options_config, model_dir, actor, options["max_ongoing_requests"]], sort_keys=True, default=str)
+    deployment._version = hashlib.sha1(built_from.encode()).hexdigest()[:16]
+    return deployment.bind(options_config, model_dir)
 
 
 class AppArgs(BaseModel):
