@@ -228,7 +228,7 @@ class FizzbotServer:
             from fizzbot.infer.engine import engine_from_checkpoint
 
             self.engine = engine_from_checkpoint(model_dir, **self._engine_options())
-            self.engine.start()
+            self._started()
         self.in_flight = 0
         self.closing = False
         self.created = int(time.time())
@@ -236,6 +236,13 @@ class FizzbotServer:
         self.folders: dict[str, str] = {}
         if self.engine is not None:
             logger.info("fizzbot replica ready: %s", model_dir)
+
+    def _started(self) -> None:
+        from fizzbot.serve.metrics import ServerMetrics
+
+        self.metrics = ServerMetrics(self.engine)
+        self.engine.observer = self.metrics
+        self.engine.start()
 
     def _engine_options(self) -> dict:
         g, lim = self.cfg.generate, self.limits
@@ -263,7 +270,7 @@ class FizzbotServer:
             options = self._engine_options()
             options.pop("tokenizer_model")
             self.engine = engine_from_adapters(adapters, max_adapters=self.limits.max_adapters, max_rank=self.limits.max_lora_rank, **options)
-            self.engine.start()
+            self._started()
             self.folders = {name: str(folder) for name, folder in adapters.items()}
             logger.info("fizzbot replica ready: adapters %s", ", ".join(adapters))
             return
@@ -301,6 +308,8 @@ class FizzbotServer:
 
     def _admit(self, count: int) -> None:
         capacity = self.limits.max_concurrent_requests + self.limits.max_queued_requests
+        if self.closing or self.in_flight + count > capacity:
+            self.metrics.outcome(503, None)
         if self.closing:
             raise APIError(503, "the server is shutting down; retry on another replica", "overloaded_error")
         if self.in_flight + count > capacity:
@@ -367,9 +376,11 @@ class FizzbotServer:
             self.engine.submit(request)
         except EngineError as exc:
             job.release()
+            self.metrics.outcome(400, adapter)
             raise APIError(400, str(exc)) from None
         except EngineClosed as exc:
             job.release()
+            self.metrics.outcome(503, adapter)
             raise APIError(503, str(exc), "overloaded_error") from None
         except BaseException:
             job.release()
@@ -378,6 +389,18 @@ class FizzbotServer:
 
     async def _finish(self, job: "_Job"):
         """Await the engine's answer, within the request timeout; cancels the request if the client goes away."""
+        try:
+            outcome = await self._outcome(job)
+        except APIError as exc:
+            self.metrics.outcome(exc.status, job.request.adapter)
+            raise
+        except asyncio.CancelledError:
+            self.metrics.outcome(499, job.request.adapter)  # the client closed the connection (nginx's code)
+            raise
+        self.metrics.outcome(200, job.request.adapter)
+        return outcome
+
+    async def _outcome(self, job: "_Job"):
         from fizzbot.infer.engine import EngineClosed, EngineError
 
         try:
