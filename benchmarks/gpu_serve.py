@@ -56,25 +56,34 @@ def free_port() -> int:
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 
-def gpu_checkpoint(work: Path, speakers: int = 64, seed: int = 0) -> tuple[Path, list[str]]:
-    """A LoRA checkpoint on a random Qwen2.5-0.5B-shaped base, with chat-channel prompts."""
+DEMO_SHAPE = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                  vocab_size=2048, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def gpu_checkpoint(work: Path, speakers: int = 64, seed: int = 0, cpu: bool = False) -> tuple[Path, list[str]]:
+    """A LoRA checkpoint on a random base (Qwen2.5-0.5B shape; `cpu`: the demo model's shape, fp32),
+    with chat-channel prompts."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from fizzbot.chat.speakers import SpeakerMap
     from fizzbot.model.tokenizer import add_chat_tokens, train_tiny_tokenizer
     from gpu_train import save_model
 
-    base = work / "base"
-    save_model(base)
+    base = work / ("base-demo" if cpu else "base")
+    if not cpu:
+        save_model(base)
+    elif not (base / "config.json").exists():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(LlamaConfig(**DEMO_SHAPE)).save_pretrained(base)
     rng = random.Random(seed)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
     tokenizer = train_tiny_tokenizer([" ".join(rng.choice(words) for _ in range(12)) for _ in range(4000)], 2000)
     smap = SpeakerMap.from_json({f"<S{i}>": f"user{i}" for i in range(speakers)})
     add_chat_tokens(tokenizer, smap.tokens)
     ckpt = work / f"adapter-{seed}"
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if cpu else torch.bfloat16)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     torch.manual_seed(seed)
@@ -171,6 +180,35 @@ def stop_server(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def cpu_by_process(server: subprocess.Popen) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process (the clients) and of every process under the server."""
+    import psutil
+
+    def label(p: psutil.Process) -> str:
+        text = " ".join(p.cmdline()[:3]) or p.name()
+        for key in ("ServeReplica", "ProxyActor", "ServeController", "raylet", "gcs_server", "dashboard", "runtime_env", "log_monitor"):
+            if key in text:
+                return key
+        return "serve CLI (driver)" if p.pid == server.pid else "other Ray processes"
+
+    found = {}
+    me = psutil.Process()
+    for p in [me] + psutil.Process(server.pid).children(recursive=True) + [psutil.Process(server.pid)]:
+        try:
+            t = p.cpu_times()
+            found[p.pid] = ("HTTP clients (benchmark)" if p.pid == me.pid else label(p), t.user + t.system)
+        except psutil.Error:
+            pass
+    return found
+
+
+def cores_used(before: dict, after: dict, wall: float) -> dict[str, float]:
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used[name] = used.get(name, 0.0) + (seconds - before.get(pid, (name, 0.0))[1]) / wall
+    return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.005}
+
+
 async def one_request(session, url: str, body: dict, stream: bool) -> dict:
     start = time.perf_counter()
     async with session.post(url + "/v1/completions", json={**body, "stream": stream}) as response:
@@ -251,6 +289,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, help="tokens per turn (GPU default 128, CPU 32)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--server-overrides", default="", help="extra key=value overrides for fizzbot serve (space-separated)")
+    parser.add_argument("--cpu-profile", action="store_true", help="report the cores each process used during each load")
     parser.add_argument("--work-dir", help="scratch folder (kept; a base model saved there is reused)")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "gpu_serve.json"))
     args = parser.parse_args()
@@ -294,7 +333,10 @@ def main() -> int:
         asyncio.run(drive(url, prompts, min(4, peak), 1, False, body))  # warm-up: first requests capture graphs
         for clients in loads:
             for mode in args.modes.split(","):
+                before = cpu_by_process(proc) if args.cpu_profile else None
                 row = asyncio.run(drive(url, prompts, clients, args.waves, mode == "stream", body))
+                if before is not None:
+                    row["cores"] = cores_used(before, cpu_by_process(proc), row["wall_s"])
                 report["rows"].append(row)
                 log(json.dumps(row))
                 Path(args.json).write_text(json.dumps(report, indent=2))
@@ -318,6 +360,9 @@ def print_table(report: dict) -> None:
               f"{1000 * r.get('tpot_p99', float('nan')):>11.2f} {r.get('events_per_token', float('nan')):>7.2f}")
     plain = {r["clients"]: r["tokens_per_s"] for r in report["rows"] if r["mode"] == "plain"}
     stream = {r["clients"]: r["tokens_per_s"] for r in report["rows"] if r["mode"] == "stream"}
+    for r in report["rows"]:
+        if "cores" in r:
+            print(f"cores used, {r['clients']} clients {r['mode']}: " + ", ".join(f"{k} {v}" for k, v in r["cores"].items()))
     for clients in sorted(set(plain) & set(stream)):
         print(f"streamed / plain at {clients} clients: {stream[clients] / plain[clients]:.2f}")
     if 1 in plain:

@@ -251,6 +251,9 @@ class ServeConfig(Section):
     request_timeout_s: float = Field(
         300.0, gt=0, description="Every request ends within this: past it, a JSON error (504), or an SSE error event then [DONE]."
     )
+    stream_interval_s: float = Field(
+        0.02, ge=0, description="Least time between two server-sent events of a stream (the text made meanwhile goes as one event)."
+    )
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
     blocking: bool = Field(True, description="`fizzbot serve` waits until interrupted.")
 

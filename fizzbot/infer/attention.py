@@ -46,6 +46,8 @@ class PagedBatch:
     query_valid: torch.Tensor | None = None  # [seqs, q_max]
     key_slots: torch.Tensor | None = None  # [seqs, k_max]: cache slots of each sequence's keys
     key_valid: torch.Tensor | None = None  # [seqs, k_max]
+    single_index: torch.Tensor | None = None  # packed index of one-token chunks (decode steps riding along),
+    # which attend like a decode batch (block_tables, context_lens, max_context describe them)
     adapter_ids: torch.Tensor | None = None  # [tokens]: LoRA adapter of each token (-1: the base alone)
     logit_adapter_ids: torch.Tensor | None = None  # the same for the positions whose logits are computed
 
@@ -91,8 +93,18 @@ def paged_attention(module, query, key, value, attention_mask, dropout: float = 
         else:
             out = decode_attention_torch(q, keys, values, batch, scale)
         return out[:, None].to(query.dtype), None  # [rows, 1, heads, dim]
-    out = prefill_attention_torch(query[0].transpose(0, 1), keys, values, batch, scale)
-    return out[None].to(query.dtype), None  # [1, tokens, heads, dim]
+    q = query[0].transpose(0, 1)  # [tokens, heads, dim]
+    out = torch.empty(tokens, heads, dim, dtype=query.dtype, device=query.device)
+    if batch.query_index is not None:
+        prefill_attention_torch(q, keys, values, batch, scale, out)
+    if batch.single_index is not None:
+        one = q.index_select(0, batch.single_index)
+        if kernels.available(q.device):
+            part = kernels.paged_decode_attention(one, keys, values, batch.block_tables, batch.context_lens, scale, batch.kv.block_size)
+        else:
+            part = decode_attention_torch(one, keys, values, batch, scale)
+        out[batch.single_index] = part.to(out.dtype)
+    return out[None], None  # [1, tokens, heads, dim]
 
 
 def decode_attention_torch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: PagedBatch, scale: float) -> torch.Tensor:
@@ -101,25 +113,27 @@ def decode_attention_torch(q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     kv_heads = keys.shape[1]
     length = batch.max_context
     positions = torch.arange(length, device=q.device)[None, :].expand(rows, length)
-    slots = batch.kv.slots_for(batch.block_tables, positions)
     valid = positions < batch.context_lens[:, None]
-    # Slots past a row's length may never have been written (uninitialised memory, NaN): zeroed, not only masked.
-    k = keys[slots].masked_fill(~valid[:, :, None, None], 0).permute(0, 2, 1, 3)  # [rows, kv_heads, length, dim]
-    v = values[slots].masked_fill(~valid[:, :, None, None], 0).permute(0, 2, 1, 3)
+    # Slots past a row's length may never have been written (uninitialised memory, NaN): they read
+    # slot 0 instead, which the cache keeps finite (PagedKV zeroes block 0).
+    slots = torch.where(valid, batch.kv.slots_for(batch.block_tables, positions), 0)
+    k = keys[slots].permute(0, 2, 1, 3)  # [rows, kv_heads, length, dim]
+    v = values[slots].permute(0, 2, 1, 3)
     mask = valid[:, None, None, :]
     grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim).to(k.dtype)
     out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)
     return out.reshape(rows, heads, dim)
 
 
-def prefill_attention_torch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: PagedBatch, scale: float) -> torch.Tensor:
-    """q [tokens, heads, dim] of packed chunks: each sequence's queries against its cached keys, causally."""
+def prefill_attention_torch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: PagedBatch, scale: float,
+                            packed: torch.Tensor) -> None:
+    """q [tokens, heads, dim] of packed chunks: each sequence's queries against its cached keys,
+    causally; written into `packed` at the queries' places."""
     tokens, heads, dim = q.shape
     kv_heads = keys.shape[1]
     queries = q[batch.query_index].permute(0, 2, 1, 3)  # [seqs, heads, q_max, dim]
-    invalid = ~batch.key_valid[:, :, None, None]  # unwritten slots can hold NaN: zeroed, not only masked
-    k = keys[batch.key_slots].masked_fill(invalid, 0).permute(0, 2, 1, 3)  # [seqs, kv_heads, k_max, dim]
-    v = values[batch.key_slots].masked_fill(invalid, 0).permute(0, 2, 1, 3)
+    k = keys[batch.key_slots].permute(0, 2, 1, 3)  # [seqs, kv_heads, k_max, dim] (padding keys read slot 0)
+    v = values[batch.key_slots].permute(0, 2, 1, 3)
     key_pos = torch.arange(k.shape[2], device=q.device)
     mask = batch.key_valid[:, None, None, :] & (key_pos[None, None, None, :] <= batch.query_pos[:, None, :, None])
     if kv_heads != heads:
@@ -127,9 +141,7 @@ def prefill_attention_torch(q: torch.Tensor, keys: torch.Tensor, values: torch.T
         v = v.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(queries.to(k.dtype), k, v, attn_mask=mask, scale=scale)  # [seqs, heads, q_max, dim]
     out = out.permute(0, 2, 1, 3)[batch.query_valid]  # [valid tokens, heads, dim], in (sequence, position) order
-    packed = torch.empty(tokens, heads, dim, dtype=out.dtype, device=out.device)
-    packed[batch.query_index[batch.query_valid]] = out
-    return packed
+    packed[batch.query_index[batch.query_valid]] = out.to(packed.dtype)
 
 
 def decode_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):

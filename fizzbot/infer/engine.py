@@ -39,9 +39,9 @@ from fizzbot.infer.kv_cache import BlockPool, PagedKV, block_keys
 from fizzbot.infer.runner import Chunk, DynamicRunner, PagedRunner
 from fizzbot.infer.sampling import FINISH_REASONS, SamplingParams, SlotState, host_to_device
 from fizzbot.infer.text import find_stop, held_back
-from fizzbot.infer.vocab import ChatVocab, EngineError
+from fizzbot.infer.vocab import ChatVocab, EngineError, PromptTooLong
 
-__all__ = ["GenerationEngine", "Request", "Result", "SamplingParams", "EngineError", "EngineClosed", "engine_from_checkpoint"]
+__all__ = ["GenerationEngine", "Request", "Result", "SamplingParams", "EngineError", "EngineClosed", "PromptTooLong", "engine_from_checkpoint"]
 logger = logging.getLogger("fizzbot.engine")
 PREFILL, RUNNING = "prefill", "running"
 
@@ -81,6 +81,7 @@ class Request:
     on_text: Callable[[str], None] | None = None  # streaming: text deltas, from the engine thread
     on_done: Callable[[Result | BaseException], None] | None = None
     adapter: str | None = None  # which adapter (served on a shared base) answers; None: the default
+    strict_prompt: bool = False  # a prompt over max_prompt_tokens is refused, not trimmed (raw completions)
     # filled by the engine
     result: Result | None = None
     error: BaseException | None = None
@@ -153,6 +154,8 @@ class GenerationEngine:
         else:
             raise ValueError(f"unknown KV-cache backend {backend!r} (paged or dynamic)")
         self.prefill_chunk = prefill_chunk_tokens or (2048 if self.device.type == "cuda" else 512)
+        # Prefill and decode in one forward, where the decode step is not a replayed graph.
+        self._mixed_steps = self.pool is not None and not getattr(self.runner, "buckets", None)
         self.faults = Faults.from_env()
         self.observer = None  # an object with on_step(rows) and on_finish(request); the server's metrics
         self._waiting: collections.deque[Request] = collections.deque()
@@ -228,7 +231,7 @@ class GenerationEngine:
         forbidden = sorted({vocab.token_id(t) for t in p.forbid_speakers})
         if force is None and len(forbidden) >= len(vocab.speaker_set):
             raise EngineError("every speaker is forbidden")
-        ids, dropped = vocab.encode(request.prompt)
+        ids, dropped = vocab.encode(request.prompt, refuse_longer=request.strict_prompt)
         limit = min(self.row_limit, self.max_positions)
         worst = min(len(ids) + p.turns * (p.max_new_tokens + 2 + len(vocab.newline_ids)), limit) + 2
         blocks = math.ceil(worst / self.block_size)
@@ -328,7 +331,11 @@ class GenerationEngine:
             self._to_retire = []
         self._admit()
         running = [r for r in self._rows if r.stage == RUNNING]  # rows prefilled now decode from the next step
-        produced = self._prefill() + self._decode(running)
+        plan = self._plan_prefill()
+        if plan is not None and running and self._mixed_steps:
+            produced = self._mixed(plan, running)
+        else:
+            produced = self._prefill(plan) + self._decode(running)
         ticket = self._ticket(produced) if produced else None
         if self._overlap:
             previous, self._pending = self._pending, ticket
@@ -405,7 +412,8 @@ class GenerationEngine:
             index = tuple(host_to_device(torch.tensor(i, dtype=torch.long), self.device) for i in (slots, cols))
             self.kv.block_table.index_put_(index, values)
 
-    def _prefill(self) -> list[_Row]:
+    def _plan_prefill(self):
+        """The prompt chunks to prefill this step (up to prefill_chunk tokens), or None."""
         budget, chunks, rows, writes = self.prefill_chunk, [], [], []
         for row in self._rows:
             if row.stage != PREFILL or row.closed:
@@ -416,11 +424,15 @@ class GenerationEngine:
             end = len(ids) if self.pool is None else min(len(ids), row.prefilled + max(budget, 1))
             if self.pool is not None:
                 self._take_blocks(row, end, writes)
-            chunks.append(Chunk(row.slot, ids, row.prefilled, end, row.blocks, row.prep.vocab, end == len(ids)))
+            chunks.append(Chunk(row.slot, ids[row.prefilled:end], row.prefilled, row.blocks, row.prep.vocab, end == len(ids)))
             rows.append(row)
             budget -= end - row.prefilled
-        if not chunks:
+        return (rows, chunks, writes) if chunks else None
+
+    def _prefill(self, plan) -> list[_Row]:
+        if plan is None:
             return []
+        rows, chunks, writes = plan
         if self.kv is not None:
             self._write_tables(writes)
         try:
@@ -437,13 +449,50 @@ class GenerationEngine:
                 except BaseException as error:
                     self._close(row, error=error)
             rows, chunks = [r for r, _ in kept], [c for _, c in kept]
+        self._prefilled(rows, chunks)
+        return done
+
+    def _prefilled(self, rows: list[_Row], chunks: list[Chunk]) -> None:
         for row, chunk in zip(rows, chunks):
             row.prefilled = chunk.end
             if self.pool is not None:
                 self._register(row, row.prep.prompt_ids, chunk.end)
             if chunk.last:
                 row.stage = RUNNING
-        return done
+
+    def _mixed(self, plan, running: list[_Row]) -> list[_Row]:
+        """Prompt chunks and the running rows' decode step in one forward (no CUDA graph): when requests
+        keep arriving, a step is one pass over the weights instead of two. If it fails, the prefill and
+        the decode step run apart, each with its own row-by-row isolation."""
+        rows, chunks, writes = plan
+        decoding = [r for r in running if not r.closed]
+        for row in decoding:
+            self._take_blocks(row, row.fed + 1, writes)
+        self._write_tables(writes)
+        index = torch.tensor([r.slot for r in decoding], dtype=torch.long)
+        last = self.state.last.index_select(0, host_to_device(index, self.device)).tolist()
+        steps = [Chunk(r.slot, [token], r.fed, r.blocks, r.prep.vocab, True) for r, token in zip(decoding, last)]
+        try:
+            if self.faults:
+                self.faults.check("prefill", [r.request.prompt for r in rows])
+                self.faults.check("slow", [r.request.prompt for r in decoding])
+                self.faults.check("step", [r.request.prompt for r in decoding])
+            logits = self.runner.prefill(chunks + steps)
+            done = [r for r, c in zip(rows, chunks) if c.last]
+            sampled = host_to_device(torch.tensor([r.slot for r in done + decoding], dtype=torch.long), self.device)
+            self.state.sample(logits, sampled)
+            decode_index = host_to_device(index, self.device)
+            self.state.positions.index_add_(0, decode_index, torch.ones_like(decode_index))
+        except BaseException as exc:
+            logger.warning("mixed step failed (%s): prefill and decode apart", exc)
+            return self._prefill(plan) + self._decode(running)
+        self._prefilled(rows, chunks)
+        for row in decoding:
+            row.fed += 1
+        self.steps += 1
+        if self.observer is not None:
+            self.observer.on_step(len(decoding))
+        return done + decoding
 
     def _run_prefill(self, rows: list[_Row], chunks: list[Chunk]) -> list[_Row]:
         self.faults.check("prefill", [r.request.prompt for r in rows])
@@ -472,8 +521,9 @@ class GenerationEngine:
                 self._take_blocks(row, row.fed + 1, writes)
             self._write_tables(writes)
         try:
-            self.faults.check("slow", [r.request.prompt for r in rows])
-            self.faults.check("step", [r.request.prompt for r in rows])
+            if self.faults:
+                self.faults.check("slow", [r.request.prompt for r in rows])
+                self.faults.check("step", [r.request.prompt for r in rows])
             self.runner.decode([r.slot for r in rows], max(r.fed for r in rows) + 1)
         except BaseException as exc:
             rows = self._isolate(rows, exc)

@@ -32,6 +32,9 @@ class Faults:
     def from_env(cls) -> "Faults":
         return cls(os.environ.get(ENV, ""))
 
+    def __bool__(self) -> bool:
+        return bool(self.markers)
+
     def check(self, stage: str, prompts) -> None:
         marker = self.markers.get(stage)
         if marker and any(marker in p for p in prompts):

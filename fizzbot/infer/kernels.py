@@ -193,7 +193,7 @@ def paged_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     kv_heads = keys.shape[1]
     group = heads // kv_heads
     splits = _splits(rows, kv_heads)
-    q = q.to(keys.dtype).contiguous()
+    q, lengths = q.to(keys.dtype).contiguous(), lengths.contiguous()
     mid = torch.empty(rows, heads, splits, dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(rows, heads, splits, dtype=torch.float32, device=q.device)
     out = torch.empty(rows, heads, dim, dtype=torch.float32, device=q.device)
@@ -228,6 +228,7 @@ def lora_shrink(x: torch.Tensor, a: torch.Tensor, ids: torch.Tensor) -> torch.Te
     """x [T, in]; a [adapters, rank, in]; ids [T] (-1: none) -> [T, rank] float32."""
     tokens, in_dim = x.shape
     rank = a.shape[1]
+    ids, a = ids.contiguous(), a.contiguous()  # indexed flat
     out = torch.empty(tokens, rank, dtype=torch.float32, device=x.device)
     _lora_shrink_kernel[(tokens,)](x, a, ids, out, in_dim, x.stride(0), a.stride(0), a.stride(1), out.stride(0),
                                    RANK=rank, BLOCK_R=max(16, triton.next_power_of_2(rank)), BLOCK_K=128, num_warps=4)
@@ -238,6 +239,7 @@ def lora_expand(h: torch.Tensor, b: torch.Tensor, ids: torch.Tensor, scales: tor
     """y [T, out] += scales[ids] * h [T, rank] @ b[ids] [out, rank]^T, in place (rows with id -1 untouched)."""
     tokens, out_dim = y.shape
     rank = b.shape[2]
+    ids = ids.contiguous()  # indexed flat (a column of the slot state is not)
     block_o = 128
     _lora_expand_kernel[(tokens, triton.cdiv(out_dim, block_o))](
         h, b, ids, scales, y, out_dim, h.stride(0), b.stride(0), b.stride(1), y.stride(0),

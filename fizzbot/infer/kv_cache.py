@@ -94,9 +94,11 @@ class PagedKV:
         self.block_size = block_size
         self.num_blocks = num_blocks
         shape = (num_blocks * block_size, kv_heads, head_dim)
-        # Uninitialised: a slot is always written before it is read (attention reads only written spans).
+        # Uninitialised but block 0: a slot is written before attention uses it.
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        for tensor in self.keys + self.values:
+            tensor[:block_size].zero_()  # block 0: what padding positions read, never NaN
         # One row per engine slot plus the padding slot; unused entries point at block 0.
         self.block_table = torch.zeros(rows, max_blocks_per_row, dtype=torch.int32, device=device)
 

@@ -28,12 +28,17 @@ logger = logging.getLogger("fizzbot.engine")
 
 
 class Chunk:
-    """A piece of one row's prompt to prefill: ids[start:end] at positions start..end-1."""
+    """Tokens of one row to run through a packed forward: `tokens` at positions start..end-1 (a piece of
+    its prompt, or its latest token as a decode step)."""
 
-    __slots__ = ("slot", "ids", "start", "end", "blocks", "adapter", "last")
+    __slots__ = ("slot", "tokens", "start", "blocks", "adapter", "last")
 
-    def __init__(self, slot: int, ids: list[int], start: int, end: int, blocks: list[int], adapter: int, last: bool):
-        self.slot, self.ids, self.start, self.end, self.blocks, self.adapter, self.last = slot, ids, start, end, blocks, adapter, last
+    def __init__(self, slot: int, tokens: list[int], start: int, blocks: list[int], adapter: int, last: bool):
+        self.slot, self.tokens, self.start, self.blocks, self.adapter, self.last = slot, tokens, start, blocks, adapter, last
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.tokens)
 
 
 def graph_buckets(max_rows: int) -> list[int]:
@@ -58,43 +63,48 @@ class PagedRunner:
 
     # --- prefill --------------------------------------------------------------------------------
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Run the chunks (KV written to the cache); logits [chunks ending their prompt, vocab]."""
-        ids, positions, slots, adapters = [], [], [], []
-        seqs = []  # (first packed index, query count, context length, block list)
-        keep = []
+        """Run the chunks packed in one forward (KV written to the cache); logits [chunks with `last`, vocab].
+        One-token chunks (a row's decode step riding along) attend like a decode step; longer ones are
+        padded per sequence for one SDPA call."""
+        ids, positions, slots, adapters, keep = [], [], [], [], []
+        multi, single = [], []  # (packed index of the first token, chunk)
+        bs = self.kv.block_size
         for c in chunks:
-            first = len(ids)
-            ids.extend(c.ids[c.start:c.end])
+            (single if len(c.tokens) == 1 else multi).append((len(ids), c))
+            ids.extend(c.tokens)
             positions.extend(range(c.start, c.end))
-            bs = self.kv.block_size
             slots.extend(c.blocks[p // bs] * bs + p % bs for p in range(c.start, c.end))
-            adapters.extend([c.adapter] * (c.end - c.start))
-            seqs.append((first, c.end - c.start, c.end, c.blocks))
+            adapters.extend([c.adapter] * len(c.tokens))
             if c.last:
                 keep.append(len(ids) - 1)
-        q_max = max(n for _, n, _, _ in seqs)
-        k_max = max(ctx for _, _, ctx, _ in seqs)
-        query_index = torch.zeros(len(seqs), q_max, dtype=torch.long)
-        query_pos = torch.full((len(seqs), q_max), k_max, dtype=torch.long)  # padding queries see every key: no NaN rows
-        query_valid = torch.zeros(len(seqs), q_max, dtype=torch.bool)
-        key_slots = torch.zeros(len(seqs), k_max, dtype=torch.long)
-        key_valid = torch.zeros(len(seqs), k_max, dtype=torch.bool)
-        bs = self.kv.block_size
-        for i, (first, n, ctx, blocks) in enumerate(seqs):
-            query_index[i, :n] = torch.arange(first, first + n)
-            query_pos[i, :n] = torch.arange(ctx - n, ctx)
-            query_valid[i, :n] = True
-            table = torch.tensor(blocks[: math.ceil(ctx / bs)], dtype=torch.long)
-            key_slots[i, :ctx] = (table[:, None] * bs + torch.arange(bs)[None, :]).view(-1)[:ctx]
-            key_valid[i, :ctx] = True
+
         def dev(t: torch.Tensor) -> torch.Tensor:
             return host_to_device(t, self.device)
 
-        batch = PagedBatch(
-            kv=self.kv, slot_mapping=dev(torch.tensor(slots, dtype=torch.long)), decode=False,
-            query_index=dev(query_index), query_pos=dev(query_pos), query_valid=dev(query_valid),
-            key_slots=dev(key_slots), key_valid=dev(key_valid),
-        )
+        batch = PagedBatch(kv=self.kv, slot_mapping=dev(torch.tensor(slots, dtype=torch.long)), decode=False)
+        if multi:
+            q_max = max(len(c.tokens) for _, c in multi)
+            k_max = max(c.end for _, c in multi)
+            query_index = torch.zeros(len(multi), q_max, dtype=torch.long)
+            query_pos = torch.full((len(multi), q_max), k_max, dtype=torch.long)  # padding queries see every key: no NaN rows
+            query_valid = torch.zeros(len(multi), q_max, dtype=torch.bool)
+            key_slots = torch.zeros(len(multi), k_max, dtype=torch.long)  # padding keys read slot 0 (zeros)
+            key_valid = torch.zeros(len(multi), k_max, dtype=torch.bool)
+            for i, (first, c) in enumerate(multi):
+                n, ctx = len(c.tokens), c.end
+                query_index[i, :n] = torch.arange(first, first + n)
+                query_pos[i, :n] = torch.arange(ctx - n, ctx)
+                query_valid[i, :n] = True
+                table = torch.tensor(c.blocks[: math.ceil(ctx / bs)], dtype=torch.long)
+                key_slots[i, :ctx] = (table[:, None] * bs + torch.arange(bs)[None, :]).view(-1)[:ctx]
+                key_valid[i, :ctx] = True
+            batch.query_index, batch.query_pos, batch.query_valid = dev(query_index), dev(query_pos), dev(query_valid)
+            batch.key_slots, batch.key_valid = dev(key_slots), dev(key_valid)
+        if single:
+            batch.single_index = dev(torch.tensor([first for first, _ in single], dtype=torch.long))
+            batch.block_tables = self.kv.block_table.index_select(0, dev(torch.tensor([c.slot for _, c in single], dtype=torch.long)))
+            batch.context_lens = dev(torch.tensor([c.end for _, c in single], dtype=torch.long))
+            batch.max_context = max(c.end for _, c in single)
         if self.lora is not None:
             batch.adapter_ids = dev(torch.tensor(adapters, dtype=torch.long))
             batch.logit_adapter_ids = dev(torch.tensor([adapters[i] for i in keep], dtype=torch.long))
@@ -123,7 +133,7 @@ class PagedRunner:
         positions = s.positions.index_select(0, index)
         tables = self.kv.block_table.index_select(0, index)
         slot_mapping = self.kv.slots_for(tables, positions[:, None])[:, 0]
-        adapters = s.ints.index_select(0, index)[:, VOCAB] if self.lora is not None else None
+        adapters = s.ints.index_select(0, index)[:, VOCAB].contiguous() if self.lora is not None else None  # kernels index it flat
         batch = PagedBatch(kv=self.kv, slot_mapping=slot_mapping, decode=True, block_tables=tables,
                            context_lens=positions + 1, max_context=max_context, adapter_ids=adapters, logit_adapter_ids=adapters)
         with using(batch):
@@ -184,7 +194,7 @@ class DynamicRunner:
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
         from transformers import DynamicCache
 
-        prompts = [c.ids for c in chunks]
+        prompts = [c.tokens for c in chunks]
         longest = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)

@@ -286,6 +286,8 @@ class SlotState:
         drop |= self._arange_candidates[None, :] >= torch.where(has_k, top_k, torch.full_like(top_k, k))[:, None]
         noisy = ordered.masked_fill(drop, float("-inf")) + gumbel_at(keys, order)
         from_candidates = order.gather(1, noisy.argmax(dim=-1, keepdim=True)).squeeze(1)
+        if scaled.device.type == "cpu" and bool(use_candidates.all()):
+            return from_candidates  # on the CPU a branch costs nothing: skip the whole-vocabulary draw
         return torch.where(use_candidates, from_candidates, gumbel_argmax(scaled, keys))
 
 

@@ -23,6 +23,10 @@ class EngineError(ValueError):
     """A request the engine cannot run (the server answers 400)."""
 
 
+class PromptTooLong(EngineError):
+    pass
+
+
 class ChatVocab:
     def __init__(self, tokenizer, speaker_map: SpeakerMap, vocab: int, max_prompt_tokens: int):
         self.tokenizer = tokenizer
@@ -81,12 +85,15 @@ class ChatVocab:
         tail = body[-len(self.newline_ids):] if self.newline_ids else []
         return tail == self.newline_ids and (len(body) == len(tail) or body[-len(tail) - 1] == self.eot_id)
 
-    def encode(self, prompt: str) -> tuple[list[int], int]:
-        """Prompt ids (BOS first), trimmed from the left by whole messages; and how many were dropped."""
+    def encode(self, prompt: str, refuse_longer: bool = False) -> tuple[list[int], int]:
+        """Prompt ids (BOS first), trimmed from the left by whole messages; and how many were dropped.
+        `refuse_longer`: a prompt over max_prompt_tokens is refused (PromptTooLong) instead of trimmed."""
         text = prompt
         if text.rstrip(" ").endswith(EOT):
             text = text.rstrip(" ") + "\n"  # a finished message: the next token is a speaker
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if refuse_longer and len(ids) > self.max_prompt_tokens:
+            raise PromptTooLong(f"prompt is {len(ids)} tokens, over this server's limit of {self.max_prompt_tokens}")
         # The same rule as the training rows (fizzbot.chat.render.trim_ids).
         ids, dropped = trim_ids(ids, self.max_prompt_tokens - len(self.bos), self.speaker_set)
         return self.bos + ids, dropped
