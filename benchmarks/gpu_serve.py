@@ -162,8 +162,8 @@ def hf_sequential_baseline(ckpt: Path, prompts: list[str], max_tokens: int, coun
 # --- the server and its clients ---------------------------------------------------------------------------
 
 
-def start_server(ckpt: Path, port: int, overrides: list[str], log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+def start_server(ckpt: Path, port: int, overrides: list[str], log_path: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}", **(extra_env or {})}
     if os.path.exists("/tmp/ray/ray_current_cluster"):
         env["RAY_ADDRESS"] = "local"  # never join a cluster someone else started on this machine
     cmd = [sys.executable, "-m", "fizzbot.cli", "serve", f"serve.model_dir={ckpt}", f"serve.port={port}", *overrides]
@@ -289,6 +289,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, help="tokens per turn (GPU default 128, CPU 32)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--server-overrides", default="", help="extra key=value overrides for fizzbot serve (space-separated)")
+    parser.add_argument("--server-env", default="", help="KEY=VALUE environment variables for the server (space-separated)")
     parser.add_argument("--cpu-profile", action="store_true", help="report the cores each process used during each load")
     parser.add_argument("--work-dir", help="scratch folder (kept; a base model saved there is reused)")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "gpu_serve.json"))
@@ -313,7 +314,7 @@ def main() -> int:
                                                                                 "serve.num_cpus=4"]
     overrides += [o for o in args.server_overrides.split() if o]
     server_log = Path(os.environ.get("OUT", work)) / "serve_bench_server.log"
-    proc = start_server(ckpt, port, overrides, server_log)
+    proc = start_server(ckpt, port, overrides, server_log, dict(kv.split("=", 1) for kv in args.server_env.split() if kv))
     url = f"http://127.0.0.1:{port}"
     try:
         import requests
