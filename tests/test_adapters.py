@@ -67,7 +67,7 @@ def app(ray_local, two_adapters):
 
     from fizzbot.pipeline import wait_healthy
     from fizzbot.serve.app import run_server
-    from tests.test_serve import free_port
+    from test_serve import free_port
 
     port = free_port()
     overrides = [f"serve.port={port}", "generate.device=cpu", "serve.num_cpus=0.5", f"serve.adapters.a={two_adapters['a']}",

@@ -16,18 +16,11 @@ import requests
 
 from fizzbot.config import load_config
 from fizzbot.pipeline import wait_healthy
+from test_serve import free_port
 
 pytestmark = pytest.mark.slow
 PREFILL_FAULT, STEP_FAULT, SLOW = "kaboom-in-prefill", "kaboom-in-step", "sloooow"
 FAULTS = {"env_vars": {"FIZZBOT_INJECT_FAULTS": f"prefill={PREFILL_FAULT},step={STEP_FAULT},slow={SLOW}"}}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
