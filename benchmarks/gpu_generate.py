@@ -7,9 +7,10 @@ bf16 weights), a 256-token prompt, 128 new tokens, sampling (temperature 0.8, to
 
   hf_generate_1        plain `model.generate`, one request at a time (the original tool's path)
   hf_static_bs16       `generate` with cache_implementation="static" (compiled), a batch of 16, greedy
-  engine_eager_1       fizzbot's engine, dynamic KV cache, eager: one request
-  engine_graph_1       fizzbot's engine, static slots + torch.compile (CUDA graphs): one request
+  engine_eager_1       fizzbot's engine, paged KV cache, eager: one request
+  engine_graph_1       fizzbot's engine, paged KV cache, decode step replayed as CUDA graphs: one request
   engine_graph_32      the same engine, 32 requests submitted at once (continuous batching)
+(The serving figures over HTTP come from benchmarks/gpu_serve.py.)
 """
 
 from __future__ import annotations
@@ -92,10 +93,7 @@ def engine_runs(model, tokenizer, speakers, prompt: str, results: dict, concurre
         return sum(r.completion_tokens for r in results_), seconds, [r.seconds for r in results_]
 
     eager = GenerationEngine(model, tokenizer, speakers, max_prompt_tokens=512, max_batch_size=concurrent)
-    eager.timings = {}
     run(eager, 1, 0)
-    results["engine_eager_1_split_ms"] = {k: round(1000 * v / eager.steps, 2) for k, v in eager.timings.items()}
-    eager.timings = None
     tokens, seconds, _ = run(eager, 1, 1)
     results["engine_eager_1"] = {"tokens_per_s": round(tokens / seconds, 1), "ms_per_token": round(1000 * seconds / tokens, 2)}
     print("engine_eager_1", results["engine_eager_1"], flush=True)
@@ -105,37 +103,14 @@ def engine_runs(model, tokenizer, speakers, prompt: str, results: dict, concurre
         print(f"engine_eager_{concurrent}", results[f"engine_eager_{concurrent}"], flush=True)
     del eager
 
-    from fizzbot.infer.engine import StaticBackend
-
     started = time.perf_counter()
-    graph = GenerationEngine(model, tokenizer, speakers, max_prompt_tokens=512, max_batch_size=concurrent, static_cache=True,
-                             compile=True, max_cache_len=1536)
-    try:  # a whole-graph capture shows whether anything in the forward breaks the graph
-        graph.backend = StaticBackend(graph, concurrent, 1536, compile=True, fullgraph=True)
-        run(graph, 1, 0)
-        results["fullgraph"] = True
-    except Exception as exc:
-        results["fullgraph"] = f"{type(exc).__name__}: {exc}"[:600]
-        print("fullgraph capture failed:", results["fullgraph"], flush=True)
-        torch._dynamo.reset()
-        graph.backend = StaticBackend(graph, concurrent, 1536, compile=True, fullgraph=False)
-        graph._rows, graph._last = [], []
-        run(graph, 1, 0)  # compiles and captures
+    graph = GenerationEngine(model, tokenizer, speakers, max_prompt_tokens=512, max_batch_size=concurrent, graphs=True, max_cache_len=1536)
+    results["graph_capture_s"] = round(time.perf_counter() - started, 1)
+    results["graph_error"] = graph.runner.capture_error
     run(graph, concurrent, 200)
-    results["graph_warmup_s"] = round(time.perf_counter() - started, 1)
-    graph.timings = {}
-    steps_before = graph.steps
-    tokens, seconds, _ = run(graph, 1, 2)
-    results["engine_graph_1_split_ms"] = {k: round(1000 * v / (graph.steps - steps_before), 2) for k, v in graph.timings.items()}
-    graph.timings = None
     tokens, seconds, _ = run(graph, 1, 2)
     results["engine_graph_1"] = {"tokens_per_s": round(tokens / seconds, 1), "ms_per_token": round(1000 * seconds / tokens, 2)}
     print("engine_graph_1", results["engine_graph_1"], flush=True)
-    graph.timings = {}
-    steps_before = graph.steps
-    run(graph, concurrent, 400)
-    results[f"engine_graph_{concurrent}_split_ms"] = {k: round(1000 * v / (graph.steps - steps_before), 2) for k, v in graph.timings.items()}
-    graph.timings = None
     tokens, seconds, lat = run(graph, concurrent, 300)
     lat.sort()
     results[f"engine_graph_{concurrent}"] = {

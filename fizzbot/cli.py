@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -141,7 +142,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         tokenizer_model=args.tokenizer_model or g.tokenizer_model,
         max_prompt_tokens=g.max_prompt_tokens,
         max_batch_size=g.max_batch_size,
-        static_cache=g.compile,
         compile=g.compile,
         max_cache_len=g.max_cache_len,
     )
@@ -172,10 +172,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InputError("--content needs --speaker (who says it)", path="--speaker")
         messages.append({"username": args.speaker, "content": args.content})
 
+    turn = 0
+
     def reply() -> None:
         """Continue `messages`, print the answer, and add it to `messages` (the next turn's context)."""
+        # Each turn draws with the next seed: a fixed seed makes the session reproducible, not every
+        # answer the same draw (two different messages once got the identical reply).
+        nonlocal turn
+        seed = None if params.seed is None else params.seed + turn
+        turn += 1
         prompt = encode_conversation(messages, smap, rules)
-        (result,) = engine.generate([Request(prompt.text, params)])
+        (result,) = engine.generate([Request(prompt.text, dataclasses.replace(params, seed=seed))])
         answer = decode(result.text, smap, prompt.speaker_names(smap, forced_guest), forced_guest)
         print(result.text if args.raw else format_lines(answer), flush=True)
         messages.extend({"speaker": m.token, "content": m.content} for m in answer)
@@ -288,11 +295,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fizzbot.pipeline import wait_healthy
     from fizzbot.serve.app import resolve_model_dir, run_server
 
-    model_dir = resolve_model_dir(cfg)
-    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": model_dir})})
+    if cfg.serve.adapters:
+        what = "adapters " + ", ".join(cfg.serve.adapters)
+    else:
+        what = resolve_model_dir(cfg)
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": what})})
     url = run_server(cfg)
     wait_healthy(url)
-    print(f"fizzbot serving {model_dir}\n  {url}/v1/generate  (OpenAI-compatible: {url}/v1)", flush=True)
+    print(f"fizzbot serving {what}\n  {url}/v1/generate  (OpenAI-compatible: {url}/v1)", flush=True)
     if not cfg.serve.blocking:
         return 0
     try:

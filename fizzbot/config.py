@@ -367,9 +367,21 @@ class GenerateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(32, ge=1, description="Requests decoded together in one forward pass.")
     compile: bool = Field(
-        False, description="Static-slot KV cache with the decode step captured as a CUDA graph (GPU; first requests compile)."
+        False, description="Capture the decode step (forward, sampling, grammar) as CUDA graphs, one per batch size (GPU)."
     )
-    max_cache_len: int = Field(2048, ge=64, description="Slot length of the static KV cache (with generate.compile).")
+    max_cache_len: int = Field(
+        2048, ge=64,
+        description="Most tokens one conversation (prompt + generated) may hold; a row reaching it ends with `length`. "
+        "The server raises it to what its limits allow (serve.max_prompt_tokens + serve.max_turns x serve.max_new_tokens).",
+    )
+    kv_cache_tokens: int | None = Field(
+        None, ge=64,
+        description="Tokens the paged KV cache holds, shared by all rows; default max_batch_size x max_cache_len "
+        "(every row's worst case; memory is only touched as it is used).",
+    )
+    prefill_chunk_tokens: int | None = Field(
+        None, ge=16, description="Prompt tokens prefilled per engine step (long prompts take several); default 2048 on GPU, 512 on CPU."
+    )
 
 
 class EvalConfig(Section):
@@ -429,6 +441,14 @@ class ServeConfig(Section):
         description="Checkpoint to serve: a folder or a URI (s3://..., fetched by each replica into a local cache "
         "and checked against its manifest); unset means the newest run's best under run.dir.",
     )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Several LoRA checkpoints of one base, served unmerged side by side: {name: checkpoint}. A request's "
+        "`model` picks one (the first answers to serve.model_name and to requests without a model); serve.model_dir is unused. "
+        "Changing this on a running app (`serve deploy`, or `fizzbot serve` again) loads new adapters without a restart.",
+    )
+    max_adapters: int = Field(16, ge=1, description="Adapter slots per replica (adapters added later need a free one).")
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest LoRA rank an adapter may have; default the largest at start.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="When set, every route but /healthz needs `Authorization: Bearer <key>`.")
@@ -443,6 +463,12 @@ class ServeConfig(Section):
     max_n: int = Field(4, ge=1, description="Most completions per request (OpenAI `n`).")
     max_concurrent_requests: int = Field(32, ge=1, description="Requests decoded at once on a replica.")
     max_queued_requests: int = Field(64, ge=0, description="Requests waiting beyond those; more get 503.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Every request ends within this: past it, a JSON error (504), or an SSE error event then [DONE]."
+    )
+    stream_interval_s: float = Field(
+        0.02, ge=0, description="Least time between two server-sent events of a stream (the text made meanwhile goes as one event)."
+    )
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
     unknown_speakers: Literal["guest", "reject"] = Field(
         "guest",

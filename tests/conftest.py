@@ -101,3 +101,50 @@ def tiny_checkpoint(tmp_path_factory, demo_prepared) -> Path:
     result = train(cfg, use_ray=False)
     assert result.best_checkpoint is not None
     return result.best_checkpoint
+
+
+# --- two communities' adapters on one shared base --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def two_adapters(tmp_path_factory, demo_prepared) -> dict[str, Path]:
+    """Two LoRA adapters of one tiny base, trained on two different prepared corpora (different demo
+    chats, 12 and 6 speaker tokens: distinct speaker maps). Returns {"a": checkpoint, "b": checkpoint}."""
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fizzbot.config import load_config
+    from fizzbot.data.demo import write_demo_corpus
+    from fizzbot.data.pipeline import prepare
+    from fizzbot.model.tokenizer import train_tiny_tokenizer
+    from fizzbot.train.trainer import train
+
+    root = tmp_path_factory.mktemp("adapters")
+    texts = [json.loads(line)["target"] for line in (demo_prepared / "train.jsonl").open()]
+    tokenizer = train_tiny_tokenizer(texts, 512)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    prepared = {"a": demo_prepared}
+    write_demo_corpus(root / "corpus-b", seed=1, days=6)
+    cfg = load_config(None, [f"data.inputs=[{root / 'corpus-b'}]", f"data.output={root / 'prepared-b'}", "data.max_speakers=6"])
+    prepare(cfg.data, use_ray=False, report=False)
+    prepared["b"] = root / "prepared-b"
+    training = [o for o in TINY_OVERRIDES if not o.startswith("model.")]
+    found = {}
+    for name, data in prepared.items():
+        cfg = load_config(None, training + [
+            "model.method=lora", f"model.base={root / 'base'}", "model.lora_r=8", f"data.path={data}", f"run.dir={root / 'runs'}",
+            f"run.name={name}", "training.max_steps=12", "training.eval_steps=12", "training.save_steps=12",
+        ])
+        result = train(cfg, use_ray=False)
+        assert result.best_checkpoint is not None
+        found[name] = result.best_checkpoint
+    return found

@@ -126,50 +126,56 @@ def test_long_context_is_trimmed_by_whole_messages(engine):
     ids, dropped = engine.encode(prompt)
     assert dropped > 0
     assert len(ids) <= engine.max_prompt_tokens
-    assert ids[len(engine.bos)] in engine.speaker_ids.tolist()  # it starts at a message boundary
+    assert ids[len(engine.chat.bos)] in engine.chat.speaker_ids.tolist()  # it starts at a message boundary
     result = run(engine, prompt, turns=1, seed=0)
     assert result.dropped_messages == dropped and result.prompt_tokens == len(ids)
 
 
-def test_eos_is_never_sampled_without_eos_stop(engine):
-    from fizzbot.infer.engine import MESSAGE, _Row
+def one_row(engine, phase, **params):
+    """Device state for one row of the engine's vocabulary in `phase`, to sample from by hand."""
+    from fizzbot.infer.sampling import PHASE, SlotState
 
-    row = _Row(Request("", SamplingParams(eos_stop=False, temperature=0.0)), engine.bos, 0, engine)
-    row.phase = MESSAGE
+    state = SlotState(1, engine.vocab, torch.device("cpu"), [engine.chat])
+    p = SamplingParams(**params)
+    state.write_rows([0], state.rows_for([(0, engine.chat.bos, p, None, [], True, 512)]))
+    state.ints[0, PHASE] = phase
+    return state
+
+
+def test_eos_is_never_sampled_without_eos_stop(engine):
+    from fizzbot.infer.sampling import MESSAGE
+
     logits = torch.zeros(1, engine.vocab)
-    logits[0, engine.eos_id] = 100.0
-    assert engine.sample([row], logits) != [engine.eos_id]
-    row.params = SamplingParams(eos_stop=True, temperature=0.0)
-    assert engine.sample([row], logits) == [engine.eos_id]
+    logits[0, engine.chat.eos_id] = 100.0
+    index = torch.tensor([0])
+    assert one_row(engine, MESSAGE, eos_stop=False, temperature=0.0).sample(logits, index).tolist() != [engine.chat.eos_id]
+    assert one_row(engine, MESSAGE, eos_stop=True, temperature=0.0).sample(logits, index).tolist() == [engine.chat.eos_id]
 
 
 def test_sampling_honours_top_k_and_the_grammar(engine):
-    from fizzbot.infer.engine import MESSAGE, SPEAKER, _Row
+    from fizzbot.infer.sampling import MESSAGE, SPEAKER
 
     logits = torch.randn(1, engine.vocab)
+    index = torch.tensor([0])
+    allowed = logits[0].masked_fill(~engine.chat.message_allowed(), float("-inf"))
     for seed in range(20):
-        row = _Row(Request("", SamplingParams(top_k=3, top_p=1.0, temperature=1.0, seed=seed, repetition_penalty=1.0)), engine.bos, 0, engine)
-        row.phase = MESSAGE
-        allowed = logits[0].masked_fill(~engine.message_allowed.cpu(), float("-inf"))
-        assert engine.sample([row], logits)[0] in allowed.topk(3).indices.tolist()
-        row.phase = SPEAKER
-        assert engine.sample([row], logits)[0] in engine.speaker_ids.tolist()
+        params = dict(top_k=3, top_p=1.0, temperature=1.0, seed=seed, repetition_penalty=1.0)
+        assert one_row(engine, MESSAGE, **params).sample(logits, index).item() in allowed.topk(3).indices.tolist()
+        assert one_row(engine, SPEAKER, **params).sample(logits, index).item() in engine.chat.speaker_ids.tolist()
 
 
-def test_static_cache_backend_matches_the_dynamic_one(tiny_checkpoint):
-    """The CUDA-graph-ready backend (fixed slots, shared write index, compaction) decodes the same text."""
-    static = engine_from_checkpoint(tiny_checkpoint, device="cpu", max_prompt_tokens=64, max_batch_size=4, static_cache=True)
-    static.backend.length = 110  # small, so that a long run compacts the cache several times
-    static.backend.mask = static.backend.mask[:, :110]
-    from transformers import StaticCache
-
-    static.backend.cache = StaticCache(config=static.model.config, max_cache_len=110)
-    dynamic = engine_from_checkpoint(tiny_checkpoint, device="cpu", max_prompt_tokens=64, max_batch_size=4)
+def test_paged_cache_matches_the_dynamic_one(tiny_checkpoint):
+    """The paged KV cache (chunked prefill, blocks reused as rows come and go) decodes what transformers'
+    own DynamicCache does, for every request whatever it is batched with."""
+    paged = engine_from_checkpoint(tiny_checkpoint, device="cpu", max_prompt_tokens=64, max_batch_size=4, max_cache_len=128)
+    paged.prefill_chunk = 24  # long prompts take several steps, interleaved with decoding
+    dynamic = engine_from_checkpoint(tiny_checkpoint, device="cpu", max_prompt_tokens=64, max_batch_size=4, backend="dynamic")
     requests = lambda: [Request(prompt_for(dynamic, (i, f"hello number {i} " * (1 + i % 3))), SamplingParams(turns=3, seed=i, max_new_tokens=12, eos_stop=False)) for i in range(7)]
     a = [r.text for r in dynamic.generate(requests())]
-    b = [r.text for r in static.generate(requests())]
+    b = [r.text for r in paged.generate(requests())]
     assert a == b
-    assert static.backend.compactions > 0
+    alone = [paged.generate([r])[0].text for r in requests()[:3]]
+    assert alone == b[:3]
 
 
 def test_requests_join_a_running_batch(engine):

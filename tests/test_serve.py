@@ -335,3 +335,25 @@ def test_message_content_stays_out_of_the_logs(server, ray_local):
         if os.path.isfile(path):
             with open(path, "rb") as fh:
                 assert secret.encode() not in fh.read(), path
+
+
+def test_prometheus_metrics_are_exported(server, ray_local):
+    """Queue depth, running rows, batch sizes, tokens, time to first token, time per token and requests
+    by status reach the node's Prometheus endpoint (what README.md tells an operator to scrape)."""
+    names = server["names"]
+    for seed in range(3):
+        assert post(server, "/v1/generate", {"context": [{"username": names[0], "content": "hi"}], "turns": 2, "seed": seed}).status_code == 200
+    assert post(server, "/v1/generate", {"context": [], "turns": 50}).status_code == 400
+    port = ray_local._private.worker.global_worker.node.metrics_export_port
+    wanted = ["ray_fizzbot_tokens_generated_total", "ray_fizzbot_batch_size_bucket", "ray_fizzbot_time_to_first_token_seconds_bucket",
+              "ray_fizzbot_time_per_output_token_seconds_bucket", "ray_fizzbot_queue_depth", "ray_fizzbot_running_rows", 'status="200"']
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
+    tokens = [line for line in text.splitlines() if line.startswith("ray_fizzbot_tokens_generated_total{")]
+    assert tokens and float(tokens[0].rsplit(" ", 1)[1]) > 0

@@ -13,12 +13,11 @@ from fizzbot.chat.conversation import ChatRules
 from fizzbot.chat.speakers import SpeakerMap
 
 
-def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer_model: str | None = None, dtype: torch.dtype | None = None):
-    """(model, tokenizer, speaker map) from a checkpoint (a folder, or a URI fetched into the local
-    cache): full weights, or an adapter merged onto its base."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_chat_tokens(model_dir: str | Path, tokenizer_model: str | None = None):
+    """(tokenizer, speaker map) of a checkpoint (a folder, or a URI fetched into the local cache), the
+    tokenizer checked to hold every chat token whole."""
+    from transformers import AutoTokenizer
 
-    from fizzbot.model.build import fit_embeddings
     from fizzbot.model.tokenizer import check_chat_tokens
 
     folder = ckpt.fetch_checkpoint(model_dir)
@@ -36,12 +35,31 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     check_chat_tokens(tokenizer, speaker_map.tokens)
+    return tokenizer, speaker_map
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model an adapter checkpoint was trained on (None: the folder holds full weights)."""
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    return str(folder / ckpt.BASE_DIR) if (folder / ckpt.BASE_DIR).is_dir() else adapter.get("base_model_name_or_path")
+
+
+def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer_model: str | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer, speaker map) from a checkpoint (a folder, or a URI fetched into the local
+    cache): full weights, or an adapter merged onto its base."""
+    from transformers import AutoModelForCausalLM
+
+    from fizzbot.model.build import fit_embeddings
+
+    folder = ckpt.fetch_checkpoint(model_dir)
+    tokenizer, speaker_map = load_chat_tokens(folder, tokenizer_model)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if (folder / "adapter_config.json").is_file():
+    base = adapter_base(folder)
+    if base is not None:
         from peft import PeftModel
 
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = folder / ckpt.BASE_DIR if (folder / ckpt.BASE_DIR).is_dir() else adapter.get("base_model_name_or_path")
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         manifest = ckpt.read_manifest(folder) or {}
         if manifest.get("embedding_rows"):

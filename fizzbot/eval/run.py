@@ -185,8 +185,8 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: FizzbotConfig, *, output: st
 
     g = cfg.generate
     engine = GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=g.max_prompt_tokens, max_batch_size=g.max_batch_size,
-                              device=device, static_cache=g.compile, compile=g.compile and device.type == "cuda",
-                              max_cache_len=g.max_cache_len)
+                              device=device, graphs=g.compile and device.type == "cuda", max_cache_len=g.max_cache_len,
+                              kv_cache_tokens=g.kv_cache_tokens, prefill_chunk_tokens=g.prefill_chunk_tokens)
     clock = time.perf_counter()
     style = _style(cfg, engine, columns, refs, train_targets, val_contexts, val_targets, rng)
     conversations = _conversations(cfg, engine, speaker_map, val_contexts, val_targets, rng)

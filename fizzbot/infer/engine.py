@@ -1,21 +1,30 @@
-"""The generation engine shared by `fizzbot generate` and the Serve deployment.
+"""The generation engine shared by `fizzbot generate`, the Serve deployment and evaluation.
 
-Continuous batching: requests join the running batch between decode steps (their prompts prefilled
-together) and leave it when done, so concurrent requests share every forward pass. Each request has
-its own sampling settings and seeded generator, so its output does not depend on what it was
-batched with (up to float rounding). A conversation is a grammar the engine enforces:
+Continuous batching: requests join the running batch between decode steps and leave it when done, so
+concurrent requests share every forward pass. Each iteration of the loop (`step`):
 
-    prompt "\n" -> <Sk> (a speaker token: sampled among allowed speakers, or forced)
-                -> message tokens (no speaker tokens) -> <EOT> -> "\n" -> next turn ...
+1. admission: waiting requests (tokenised and checked beforehand, in the caller's thread, by
+   `prepare`) get a slot, their prompt's cached prefix blocks, and a reservation of the KV blocks
+   their worst case needs; what cannot fit was refused in `prepare` and never joins a batch;
+2. prefill: up to `prefill_chunk_tokens` prompt tokens of joining rows, packed in one forward
+   (a long prompt takes several iterations instead of stalling the running rows); rows whose prompt
+   is complete draw their first token;
+3. decode: one step for every running row (forward, sampling, grammar and bookkeeping on the device:
+   sampling.py; on CUDA a replayed graph);
+4. the host reads the step's [rows, 2] output once, and turns tokens into text (text.py): stop
+   strings, streaming, results. On CUDA this happens for step N while the GPU runs step N+1.
 
-`turns` counts <EOT>s; between turns the model picks who speaks next. Over-long prompts lose their
-oldest messages, whole.
+Failures stay with their rows: a prefill that raises fails the rows prefilled with it; a decode step
+that raises is retried row by row and fails only the rows that fail alone; a row whose text handling
+raises fails alone. A request's output depends only on its prompt, settings and seed, not on what it
+was batched with (sampling.py: counter-based noise).
 """
 
 from __future__ import annotations
 
-import os
-import queue
+import collections
+import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,26 +33,21 @@ from typing import Callable
 
 import torch
 
-from fizzbot.chat.render import trim_ids
-from fizzbot.chat.tokens import EOT, SPEAKER_TOKEN_RE
 from fizzbot.chat.speakers import SpeakerMap
+from fizzbot.infer.faults import Faults
+from fizzbot.infer.kv_cache import BlockPool, PagedKV, block_keys
+from fizzbot.infer.runner import Chunk, DynamicRunner, PagedRunner
+from fizzbot.infer.sampling import FINISH_REASONS, SamplingParams, SlotState, host_to_device
+from fizzbot.infer.text import find_stop, held_back
+from fizzbot.infer.vocab import ChatVocab, EngineError, PromptTooLong
 
-SPEAKER, MESSAGE, DONE = 0, 1, 2
+__all__ = ["GenerationEngine", "Request", "Result", "SamplingParams", "EngineError", "EngineClosed", "PromptTooLong", "engine_from_checkpoint"]
+logger = logging.getLogger("fizzbot.engine")
+PREFILL, RUNNING = "prefill", "running"
 
 
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64  # per turn
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    repetition_penalty: float = 1.1
-    turns: int = 1
-    eos_stop: bool = True
-    seed: int | None = None
-    force_speaker: str | None = None  # token of the first turn's speaker
-    forbid_speakers: tuple[str, ...] = ()
-    stop: tuple[str, ...] = ()
+class EngineClosed(RuntimeError):
+    """The engine is shutting down and takes no new request (the server answers 503)."""
 
 
 @dataclass
@@ -54,425 +58,199 @@ class Result:
     finish_reason: str  # "stop" (turns done or a stop string), "length", "eos"
     dropped_messages: int = 0  # oldest prompt messages trimmed to fit
     seconds: float = 0.0
+    first_token_s: float | None = None  # from admission to the first token
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+
+
+@dataclass
+class _Prepared:
+    vocab: int
+    prompt_ids: list[int]
+    dropped: int
+    force_id: int | None
+    forbidden: list[int]
+    at_speaker: bool
+    limit: int
+    worst_blocks: int
 
 
 @dataclass
 class Request:
     prompt: str
-    params: SamplingParams
+    params: SamplingParams = field(default_factory=SamplingParams)
     on_text: Callable[[str], None] | None = None  # streaming: text deltas, from the engine thread
     on_done: Callable[[Result | BaseException], None] | None = None
+    adapter: str | None = None  # which adapter (served on a shared base) answers; None: the default
+    strict_prompt: bool = False  # a prompt over max_prompt_tokens is refused, not trimmed (raw completions)
     # filled by the engine
     result: Result | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
-
-
-class EngineError(ValueError):
-    pass
+    prepared: _Prepared | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)
 
 
 class _Row:
-    """Decoding state of one request inside the batch."""
+    """One request inside the batch (host side; its decoding state is in SlotState)."""
 
-    def __init__(self, request: Request, prompt_ids: list[int], dropped: int, engine: "GenerationEngine"):
+    def __init__(self, request: Request, slot: int, vocab: ChatVocab):
         self.request = request
-        p = request.params
-        self.params = p
-        self.prompt_ids = prompt_ids
-        self.dropped = dropped
+        self.prep = request.prepared
+        self.slot = slot
+        self.blocks: list[int] = []
+        self.keys: list[int] = []  # prefix-index keys of the registered blocks
+        self.reserved = 0
+        self.cached = 0
+        self.prefilled = 0
+        self.fed = len(self.prep.prompt_ids)  # position of the next token fed to a decode step
+        self.stage = PREFILL
+        self.stream = vocab.detokenizer.stream()
         self.generated: list[int] = []
-        self.seen = None  # tokens seen so far, for the repetition penalty (only kept when it applies)
-        if p.repetition_penalty != 1.0:
-            self.seen = torch.zeros(engine.vocab, dtype=torch.bool, device=engine.device)
-            self.seen[torch.tensor(prompt_ids, dtype=torch.long, device=engine.device)] = True
-        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        self.key = _mix32(seed & 0xFFFFFFFF) ^ _mix32((seed >> 32) ^ 0x5BD1E995)
-        self.draws = 0  # random draws so far: with the seed, what the next draw's noise depends on
-        self.phase = SPEAKER if engine.ends_at_turn_boundary(prompt_ids) else MESSAGE
-        self.turns_done = 0
-        self.turn_tokens = 0
-        self.forced: list[int] = []
-        self.finish_reason: str | None = None
-        self.text_sent = ""
+        self.searched = 0  # characters already searched for stop strings
+        self.cut: int | None = None
+        self.sent = 0  # characters streamed
+        self.closed = False
         self.started = time.perf_counter()
-        self.force_speaker_id = engine.token_id(p.force_speaker) if p.force_speaker else None
-        self.forbidden = [engine.token_id(t) for t in p.forbid_speakers]
-
-
-def _mix32(x: int) -> int:
-    """lowbias32: a 32-bit integer hash (the same as _hash32, in Python)."""
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    x ^= x >> 16
-    return x
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int64 tensors holding 32-bit values (products wrap; the low 32 bits are exact)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-def gumbel_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Gumbel noise [B, vocab] that depends only on each row's key: the same request draws the same
-    sample whatever it is batched with, on any device, with no per-row generator to launch."""
-    index = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    bits = _hash32((index[None, :] * 0x9E3779B1 + keys[:, None]) & 0xFFFFFFFF)
-    uniform = (bits.to(torch.float64) + 0.5) / 4294967296.0
-    return (-torch.log(-torch.log(uniform))).to(torch.float32)
-
-
-# --- KV-cache backends ----------------------------------------------------------------------------------
-
-
-def _growing_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        """A DynamicLayer that appends into spare capacity instead of concatenating.
-
-        transformers' DynamicLayer `torch.cat`s the whole cache to append one token; with a batch of
-        rows that copy is a quarter of a CPU decode step. Here the cache lives in a buffer with room
-        to grow, `keys`/`values` are views of its live span, and dropping leading columns is a view.
-        """
-
-        def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-            spare = max(64, keys.shape[-2])  # double on every reallocation: amortised O(1) appends
-            shape = list(keys.shape)
-            shape[-2] += spare
-            self._k, self._v = keys.new_empty(shape), values.new_empty(shape[:-1] + [values.shape[-1]])
-            n = keys.shape[-2]
-            self._k[:, :, :n], self._v[:, :, :n] = keys, values
-            self.start, self.end = 0, n
-            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-            self._view()
-
-        def _view(self) -> None:
-            self.keys = self._k[:, :, self.start:self.end]
-            self.values = self._v[:, :, self.start:self.end]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.load(key_states, value_states)
-                return self.keys, self.values
-            n = key_states.shape[-2]
-            if self.end + n > self._k.shape[-2]:
-                self.load(self.keys, self.values)
-            self._k[:, :, self.end:self.end + n] = key_states
-            self._v[:, :, self.end:self.end + n] = value_states
-            self.end += n
-            self._view()
-            return self.keys, self.values
-
-        def drop_left(self, n: int) -> None:
-            self.start += n
-            self._view()
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self.load(self.keys[indices], self.values[indices])
-
-    return GrowingLayer
-
-
-def _growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
-    """A DynamicCache whose layers append in place (optionally filled with `layers`' tensors)."""
-    from transformers import DynamicCache
-
-    layer_class = _growing_layer_class()
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = layer_class
-    cache.layers = []
-    for keys, values in layers or []:
-        layer = layer_class()
-        layer.load(keys, values)
-        cache.layers.append(layer)
-    return cache
-
-
-class DynamicBackend:
-    """Per-row KV caches as long as the longest live row: rows join by left-padding, leave by index."""
-
-    def __init__(self, engine: "GenerationEngine"):
-        self.engine = engine
-        self.cache = None
-        self.mask: torch.Tensor | None = None
-        self.positions: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return 0 if self.mask is None else self.mask.shape[0]
-
-    def add(self, prompts: list[list[int]]) -> torch.Tensor:
-        e = self.engine
-        ids, mask, positions = e.left_pad(prompts)
-        out = e.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=_growing_cache(),
-                      use_cache=True, logits_to_keep=1)
-        self._merge(out.past_key_values, mask, positions[:, -1] + 1)
-        return out.logits[:, -1, :]
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        # One query token per row: its 4D mask is the 2D one, broadcast. Given in that form,
-        # transformers uses it as is instead of building it anew (a noticeable share of a CPU step).
-        out = self.engine.model(
-            input_ids=tokens.view(-1, 1), attention_mask=mask[:, None, None, :].bool(), position_ids=self.positions.view(-1, 1),
-            past_key_values=self.cache, use_cache=True,
-        )
-        self.cache, self.mask, self.positions = out.past_key_values, mask, self.positions + 1
-        return out.logits[:, -1, :]
-
-    def keep(self, keep: list[int]) -> None:
-        if not keep:
-            self.cache = self.mask = self.positions = None
-            return
-        index = torch.tensor(keep, device=self.engine.device)
-        self.cache.batch_select_indices(index)
-        self.mask, self.positions = self.mask[index], self.positions[index]
-        # Columns that are padding for every remaining row go: the batch stays as long as its longest row.
-        live = self.mask.any(dim=0).nonzero()
-        first = int(live[0]) if len(live) else 0
-        if first > 0:
-            for layer in self.cache.layers:
-                layer.drop_left(first)
-            self.mask = self.mask[:, first:]
-
-    def _merge(self, cache, mask: torch.Tensor, next_positions: torch.Tensor) -> None:
-        if self.cache is None:
-            self.cache, self.mask, self.positions = cache, mask, next_positions
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-        layers = []
-        for old, new in zip(self.cache.layers, cache.layers):
-            layers.append((torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)]),
-                           torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])))
-        self.cache = _growing_cache(layers)
-        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
-        self.positions = torch.cat([self.positions, next_positions])
-
-
-def _left_pad(t: torch.Tensor, to: int, dim: int) -> torch.Tensor:
-    if t.shape[dim] == to:
-        return t
-    shape = list(t.shape)
-    shape[dim] = to - t.shape[dim]
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
-class StaticBackend:
-    """A fixed [slots x length] KV cache whose decode step can be captured as a CUDA graph.
-
-    Every step writes at one shared index `t`; a row that joins is prefilled on its own and its
-    keys and values copied into its slot to end at `t`, its mask opening only its own span (RoPE
-    positions are per row, so a row's place in the cache does not matter). When `t` reaches the end,
-    the live spans are shifted back (`_compact`). Inactive slots ride along masked out: the graph's
-    shapes never change, so `torch.compile(mode="reduce-overhead")` replays one graph per step.
-    """
-
-    def __init__(self, engine: "GenerationEngine", slots: int, length: int, compile: bool, fullgraph: bool = False):
-        from transformers import StaticCache
-
-        e = self.engine = engine
-        self.slots, self.length = slots, length
-        self.cache = StaticCache(config=e.model.config, max_cache_len=length)
-        self.start = e.max_prompt_tokens  # first write index: room for any prompt before it
-        self.t = self.start
-        self.mask = torch.zeros(slots, length, dtype=torch.long, device=e.device)
-        self.positions = torch.zeros(slots, dtype=torch.long, device=e.device)
-        self.row_slots: list[int] = []  # slot of each active row, in the engine's row order
-        self.free = list(range(slots))
-        from fizzbot.infer.attention import use_decode_attention
-
-        use_decode_attention(e.model)
-        self.forward = e.model.forward
-        if compile:
-            self.forward = torch.compile(e.model.forward, mode="reduce-overhead", fullgraph=fullgraph, dynamic=False)
-        self._warm = False
-        self.compactions = 0
-
-    def __len__(self) -> int:
-        return len(self.row_slots)
-
-    def _layers(self):
-        return self.cache.layers
-
-    def add(self, prompts: list[list[int]]) -> torch.Tensor:
-        e = self.engine
-        if not self._warm:
-            self._initialise()
-        if self.t + 1 >= self.length:
-            self._compact()
-        ids, mask, positions = e.left_pad(prompts)
-        out = e.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        width = mask.shape[1]
-        lo = self.t - width
-        for i in range(len(prompts)):
-            slot = self.free.pop(0)
-            for layer, (k, v, *_) in zip(self._layers(), out.past_key_values):
-                layer.keys[slot, :, lo:self.t] = k[i]
-                layer.values[slot, :, lo:self.t] = v[i]
-            self.mask[slot].zero_()
-            self.mask[slot, lo:self.t] = mask[i]
-            self.positions[slot] = positions[i, -1] + 1
-            self.row_slots.append(slot)
-        return out.logits[:, -1, :]
-
-    def _initialise(self) -> None:
-        """Allocate the cache (one throw-away step) before any prefill is copied into it."""
-        e = self.engine
-        dummy = torch.full((self.slots, 1), e.pad_id, dtype=torch.long, device=e.device)
-        self._set_index(0)
-        e.model(input_ids=dummy, attention_mask=self.mask.clone(), position_ids=self.positions.view(-1, 1),
-                past_key_values=self.cache, cache_position=torch.tensor([0], device=e.device), use_cache=True)
-        self._warm = True
-
-    def _set_index(self, t: int) -> None:
-        for layer in self._layers():
-            layer.cumulative_length.fill_(t)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        e = self.engine
-        if self.t + 1 >= self.length:
-            self._compact()
-        slots = torch.tensor(self.row_slots, device=e.device)
-        full = torch.full((self.slots,), e.pad_id, dtype=torch.long, device=e.device)
-        full[slots] = tokens
-        self.mask[slots, self.t] = 1
-        self._set_index(self.t)
-        out = self.forward(
-            input_ids=full.view(-1, 1), attention_mask=self.mask, position_ids=self.positions.view(-1, 1),
-            past_key_values=self.cache, cache_position=torch.tensor([self.t], device=e.device), use_cache=True,
-        )
-        logits = out.logits[:, -1, :][slots]
-        self.positions[slots] += 1
-        self.t += 1
-        return logits
-
-    def keep(self, keep: list[int]) -> None:
-        kept = [self.row_slots[i] for i in keep]
-        for slot in self.row_slots:
-            if slot not in kept:
-                self.mask[slot].zero_()
-                self.free.append(slot)
-        self.row_slots = kept
-        if not kept:
-            self.t = self.start
-
-    def _compact(self) -> None:
-        """Shift every live span back so that the write index returns to the prompt boundary."""
-        live = self.mask.any(dim=0).nonzero()
-        first = int(live[0]) if len(live) else self.t
-        shift = min(first, self.t - self.start)
-        if shift <= 0:
-            raise EngineError("a conversation grew past the static cache; raise generate.max_cache_len")
-        n = self.t - shift
-        for layer in self._layers():
-            layer.keys[:, :, :n] = layer.keys[:, :, shift:self.t].clone()
-            layer.values[:, :, :n] = layer.values[:, :, shift:self.t].clone()
-        self.mask[:, :n] = self.mask[:, shift:self.t].clone()
-        self.mask[:, n:] = 0
-        self.t = n
-        self.compactions += 1
+        self.first_token_at: float | None = None
 
 
 class GenerationEngine:
     def __init__(self, model, tokenizer, speaker_map: SpeakerMap, *, max_prompt_tokens: int = 768, max_batch_size: int = 32,
-                 device: torch.device | None = None, static_cache: bool = False, compile: bool = False, max_cache_len: int = 2048):
+                 device: torch.device | None = None, backend: str = "paged", graphs: bool = False, max_cache_len: int = 2048,
+                 kv_cache_tokens: int | None = None, block_size: int = 16, prefill_chunk_tokens: int | None = None,
+                 lora=None, max_adapters: int = 1):
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.speaker_map = speaker_map
         self.device = device or next(model.parameters()).device
         self.max_batch_size = max_batch_size
         self.vocab = model.get_input_embeddings().weight.shape[0]
-        self.speaker_ids = torch.tensor(tokenizer.convert_tokens_to_ids(speaker_map.tokens), dtype=torch.long)
-        self._speaker_set = set(self.speaker_ids.tolist())
-        self.eot_id = tokenizer.convert_tokens_to_ids(EOT)
-        self.eos_id = tokenizer.eos_token_id
-        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_id or 0)
-        self.newline_ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
-        max_positions = getattr(model.config, "max_position_embeddings", 4096) or 4096
-        self.max_positions = max_positions
-        self.max_prompt_tokens = min(max_prompt_tokens, max_positions - 16)
-        # What may be sampled where: speaker tokens only at a turn start; inside a message anything
-        # but speaker tokens, pad, BOS and the embedding's spare rows.
-        # Retired tokens (people who opted out after an earlier map) are never spoken as.
-        speakable = torch.tensor(tokenizer.convert_tokens_to_ids(speaker_map.speakable_tokens), dtype=torch.long)
-        self.speaker_allowed = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-        self.speaker_allowed[speakable.to(self.device)] = True
-        self.n_speakable = len(speakable)
-        never = [self.pad_id] + self.bos + [i for i in range(len(tokenizer), self.vocab)]
-        self.message_allowed = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
-        self.message_allowed[self.speaker_ids.to(self.device)] = False
-        self.message_allowed[torch.tensor([i for i in never if i is not None and i < self.vocab], dtype=torch.long, device=self.device)] = False
-        self.message_allowed[self.eot_id] = True
-        self._nothing_seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-        if static_cache:
-            length = max(max_cache_len, self.max_prompt_tokens * 2 + 64)
-            self.backend = StaticBackend(self, max_batch_size, length, compile)
+        if lora is not None:
+            self.vocab = lora.vocab
+        self.max_positions = getattr(model.config, "max_position_embeddings", 4096) or 4096
+        self.max_prompt_tokens = min(max_prompt_tokens, self.max_positions - 16)
+        # A row finishes with "length" at this many tokens (prompt + generated).
+        self.row_limit = min(self.max_positions, max(max_cache_len, self.max_prompt_tokens + 64))
+        self.chat = ChatVocab(tokenizer, speaker_map, self.vocab, self.max_prompt_tokens)
+        self.vocabs: list[ChatVocab] = [self.chat]
+        self.adapter_index: dict[str | None, int] = {None: 0}
+        self.state = SlotState(max_batch_size, self.vocab, self.device, [self.chat], max_vocabs=max(1, max_adapters))
+        self.lora = lora
+        self.block_size = block_size
+        if backend == "paged":
+            cfg = model.config
+            kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            row_blocks = math.ceil((self.row_limit + 2) / block_size)  # +2: the step that ends a row may run once more
+            blocks = (math.ceil(kv_cache_tokens / block_size) if kv_cache_tokens else max_batch_size * row_blocks) + 1
+            dtype = next(model.parameters()).dtype
+            self.kv = PagedKV(cfg.num_hidden_layers, blocks, block_size, kv_heads, head_dim, max_batch_size + 1, row_blocks, dtype, self.device)
+            self.pool: BlockPool | None = BlockPool(blocks, block_size)
+            self.runner = PagedRunner(model, self.state, self.kv, self.device, graphs=graphs and self.device.type == "cuda", lora=lora)
+            with torch.inference_mode():
+                self.runner.capture_all()  # every batch-size bucket now, not in the first requests' time
+        elif backend == "dynamic":
+            self.kv, self.pool = None, None
+            self.runner = DynamicRunner(model, self.state, self.device, self.chat.pad_id)
         else:
-            self.backend = DynamicBackend(self)
-        self._queue: queue.Queue[Request] = queue.Queue()
+            raise ValueError(f"unknown KV-cache backend {backend!r} (paged or dynamic)")
+        self.prefill_chunk = prefill_chunk_tokens or (2048 if self.device.type == "cuda" else 512)
+        # Prefill and decode in one forward, where the decode step is not a replayed graph.
+        self._mixed_steps = self.pool is not None and not getattr(self.runner, "buckets", None)
+        self.faults = Faults.from_env()
+        self.observer = None  # an object with on_step(rows) and on_finish(request); the server's metrics
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._lock = threading.Lock()
         self._rows: list[_Row] = []
-        self._last: list[int] = []  # each row's latest token, the input of the next decode step
+        self._free_slots = list(range(max_batch_size - 1, -1, -1))
+        self._to_retire: list[int] = []
+        self._overlap = self.device.type == "cuda"
+        self._pinned = [torch.empty_like(self.state.out, device="cpu").pin_memory() for _ in range(2)] if self._overlap else []
+        self._flip = 0
+        self._pending = None
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._accepting = True
         self.steps = 0
-        self.timings: dict[str, float] | None = None  # set to {} to profile steps
+        self.tokens_generated = 0
 
-    # --- tokens ------------------------------------------------------------------------------------
-    def token_id(self, token: str) -> int:
-        if not SPEAKER_TOKEN_RE.fullmatch(token) or token not in self.speaker_map.speakable_tokens:
-            raise EngineError(f"unknown speaker token {token!r}")
-        return self.tokenizer.convert_tokens_to_ids(token)
+    # --- the default vocabulary (the CLI, the server's single model) ---------------------------------
+    @property
+    def tokenizer(self):
+        return self.chat.tokenizer
 
-    def ends_at_turn_boundary(self, ids: list[int]) -> bool:
-        """True where the next token must be a speaker token (empty prompt, or after <EOT> + newline)."""
-        body = ids[len(self.bos):]
-        if not body:
-            return True
-        if body[-1] == self.eot_id:
-            return False  # the engine adds the newline first (see encode)
-        tail = body[-len(self.newline_ids):] if self.newline_ids else []
-        return tail == self.newline_ids and (len(body) == len(tail) or body[-len(tail) - 1] == self.eot_id)
+    @property
+    def speaker_map(self) -> SpeakerMap:
+        return self.chat.speaker_map
 
-    def encode(self, prompt: str) -> tuple[list[int], int]:
-        """Prompt ids (BOS first), trimmed from the left by whole messages; and how many were dropped."""
-        text = prompt
-        if text.rstrip(" ").endswith(EOT):
-            text = text.rstrip(" ") + "\n"  # a finished message: the next token is a speaker
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        # The same rule as the training rows (fizzbot.chat.render.trim_ids).
-        ids, dropped = trim_ids(ids, self.max_prompt_tokens - len(self.bos), self._speaker_set)
-        return self.bos + ids, dropped
+    def vocab_for(self, adapter: str | None) -> ChatVocab:
+        if adapter not in self.adapter_index:
+            known = ", ".join(sorted(a for a in self.adapter_index if a is not None)) or "none"
+            raise EngineError(f"unknown model {adapter!r} (adapters served here: {known})")
+        return self.vocabs[self.adapter_index[adapter]]
 
-    def left_pad(self, prompts: list[list[int]]):
-        """Left-padded ids, mask and per-row positions on the device (rows end together)."""
-        longest = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, longest - len(p):] = torch.tensor(p)
-            mask[i, longest - len(p):] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+    def encode(self, prompt: str, adapter: str | None = None) -> tuple[list[int], int]:
+        return self.vocab_for(adapter).encode(prompt)
 
-    # --- the batch ----------------------------------------------------------------------------------
-    def submit(self, request: Request) -> Request:
-        for token in [request.params.force_speaker, *request.params.forbid_speakers]:
-            if token is not None:
-                self.token_id(token)
-        self._queue.put(request)
-        self._wakeup.set()
+    @property
+    def adapters(self) -> list[str]:
+        return [name for name in self.adapter_index if name is not None]
+
+    def add_adapter(self, name: str, folder: str | Path, tokenizer_model: str | None = None) -> int:
+        """Serve another LoRA adapter of this engine's base, from now on, beside the running rows."""
+        from fizzbot.artifacts.loading import load_chat_tokens
+        from fizzbot.infer.lora import read_adapter
+
+        if self.lora is None:
+            raise EngineError("this engine serves one merged model; adapters need serve.adapters")
+        if name in self.adapter_index:
+            raise EngineError(f"an adapter named {name!r} is already served")
+        weights = read_adapter(folder, self.lora.base_rows)
+        if self.lora.loaded and weights.base != next(iter(self.lora.loaded.values())).base:
+            raise EngineError(f"{folder} was trained on {weights.base}, not on this server's base "
+                              f"{next(iter(self.lora.loaded.values())).base}")
+        tokenizer, speaker_map = load_chat_tokens(folder, tokenizer_model)
+        vocab = ChatVocab(tokenizer, speaker_map, self.vocab, self.max_prompt_tokens)
+        index = len(self.vocabs) if self.lora.loaded else 0
+        self.lora.load(index, weights)
+        if index == 0:  # the engine was built on this adapter's vocabulary: it is the default
+            self.vocabs[0] = self.chat = vocab
+            self.state.vocabs[0] = vocab
+        else:
+            self.state.add_vocab(vocab)
+            self.vocabs.append(vocab)
+        self.adapter_index[name] = index  # visible to requests only now, with everything in place
+        return index
+
+    # --- requests ----------------------------------------------------------------------------------
+    def prepare(self, request: Request) -> Request:
+        """Tokenise and check a request (in the caller's thread); EngineError for one that cannot run."""
+        p = request.params
+        vocab = self.vocab_for(request.adapter)
+        force = vocab.token_id(p.force_speaker) if p.force_speaker else None
+        forbidden = sorted({vocab.token_id(t) for t in p.forbid_speakers})
+        if force is None and len(set(forbidden) & set(vocab.speakable_ids.tolist())) >= len(vocab.speakable_ids):
+            raise EngineError("every speaker is forbidden")
+        ids, dropped = vocab.encode(request.prompt, refuse_longer=request.strict_prompt)
+        limit = min(self.row_limit, self.max_positions)
+        worst = min(len(ids) + p.turns * (p.max_new_tokens + 2 + len(vocab.newline_ids)), limit) + 2
+        blocks = math.ceil(worst / self.block_size)
+        if self.pool is not None and blocks > self.pool.capacity:
+            raise EngineError(f"this request may need {worst} tokens of KV cache, more than the {self.pool.capacity * self.block_size} "
+                              "this server holds: ask for fewer turns or tokens")
+        request.prepared = _Prepared(self.adapter_index[request.adapter], ids, dropped, force, forbidden,
+                                     vocab.ends_at_turn_boundary(ids), limit, blocks)
         return request
 
+    def submit(self, request: Request) -> Request:
+        if not self._accepting:
+            raise EngineClosed("the server is shutting down")
+        if request.prepared is None:
+            self.prepare(request)
+        with self._lock:
+            self._waiting.append(request)
+        self._wakeup.set()
+        return request
 
     def generate(self, requests: list[Request]) -> list[Result]:
         """Run requests to completion (in this thread unless the background loop is running)."""
@@ -489,242 +267,381 @@ class GenerationEngine:
                 raise r.error
         return [r.result for r in requests]
 
+    def stats(self) -> dict:
+        graphs = getattr(self.runner, "graphs", {})
+        return {"waiting": len(self._waiting), "running": len(self._rows), "steps": self.steps, "tokens": self.tokens_generated,
+                "prefix_blocks_reused": self.pool.hits if self.pool else 0, "cuda_graphs": sorted(graphs),
+                "graph_error": getattr(self.runner, "capture_error", None)}
+
+    # --- the loop -------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Run the decode loop in a background thread (the server's mode)."""
+        """Run the loop in a background thread (the server's mode)."""
         if self._thread is None:
-            self._stop = False
+            self._stop, self._accepting = False, True
             self._thread = threading.Thread(target=self._loop, name="fizzbot-engine", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop taking requests, let those in flight finish for up to `drain_s`, fail the rest, stop the
+        loop. The engine stays usable: start() again, or generate() in the caller's thread."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_s
+        while self._thread is not None and self._busy() and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._stop = True
         self._wakeup.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
         self._thread = None
+        self._fail_all(EngineClosed("the server shut down before this request finished"))
+        self._accepting = True
+
+    def _busy(self) -> bool:
+        return bool(self._rows or self._waiting or self._pending)
 
     def _loop(self) -> None:
         while not self._stop:
-            if not self._rows and self._queue.empty():
+            if not self._busy():
                 self._wakeup.wait(timeout=0.5)
                 self._wakeup.clear()
                 continue
             try:
                 self.step()
-            except BaseException as exc:  # fail the requests in flight, keep serving
-                for row in self._rows:
-                    self._finish(row, error=exc)
-                self._rows = []
-                self.backend.keep([])
+            except BaseException as exc:  # the step's own handlers failed: fail what is in flight, keep serving
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._pending = None
+        for row in list(self._rows):
+            self._close(row, error=exc)
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for request in waiting:
+            _deliver(request, error=exc)
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit waiting requests (prefill), then one decode step for every row in the batch."""
+        """One iteration: admit, prefill a chunk, decode a step, hand out what the previous one made."""
+        for row in list(self._rows):
+            if row.request.cancelled:
+                self._close(row, error=EngineClosed("cancelled"))
+        if self._to_retire:
+            self.state.retire(self._to_retire)
+            self._to_retire = []
         self._admit()
-        if not self._rows:
-            return
-        self.steps += 1
-        if self.timings is None:
-            logits = self.backend.step(torch.tensor(self._last, dtype=torch.long, device=self.device))
-            self._advance(logits, range(len(self._rows)))
-            return
-        # Profiling (benchmarks): where a step's time goes, with the device synchronised around each part.
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        logits = self.backend.step(torch.tensor(self._last, dtype=torch.long, device=self.device))
-        sync()
-        t1 = time.perf_counter()
-        self._advance(logits, range(len(self._rows)))
-        t2 = time.perf_counter()
-        self.timings["forward"] = self.timings.get("forward", 0.0) + t1 - t0
-        self.timings["sample_and_record"] = self.timings.get("sample_and_record", 0.0) + t2 - t1
+        running = [r for r in self._rows if r.stage == RUNNING]  # rows prefilled now decode from the next step
+        plan = self._plan_prefill()
+        if plan is not None and running and self._mixed_steps:
+            produced = self._mixed(plan, running)
+        else:
+            produced = self._prefill(plan) + self._decode(running)
+        ticket = self._ticket(produced) if produced else None
+        if self._overlap:
+            previous, self._pending = self._pending, ticket
+            if previous is not None:
+                self._process(previous)
+        elif ticket is not None:
+            self._process(ticket)
 
     def _admit(self) -> None:
-        room = self.max_batch_size - len(self._rows)
         new: list[_Row] = []
-        while room > 0:
-            try:
-                request = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if request.cancelled:
-                continue
-            try:
-                ids, dropped = self.encode(request.prompt)
-                new.append(_Row(request, ids, dropped, self))
-                room -= 1
-            except BaseException as exc:
-                request.error = exc
-                request.done.set()
-                if request.on_done:
-                    request.on_done(exc)
+        with self._lock:
+            while self._waiting and self._free_slots:
+                request = self._waiting[0]
+                if request.cancelled:
+                    self._waiting.popleft()
+                    _deliver(request, error=EngineClosed("cancelled"))
+                    continue
+                prep = request.prepared
+                row = _Row(request, self._free_slots[-1], self.vocabs[prep.vocab])
+                if self.pool is not None:
+                    self._match_prefix(row)
+                    need = prep.worst_blocks - len(row.blocks)
+                    if need > self.pool.available():
+                        for block in row.blocks:
+                            self.pool.release(block)
+                        break  # waits for blocks to come back (first come, first served)
+                    row.reserved = need
+                    self.pool.reserved += need
+                self._waiting.popleft()
+                self._free_slots.pop()
+                new.append(row)
         if not new:
             return
-        logits = self.backend.add([r.prompt_ids for r in new])
-        first = len(self._rows)
-        self._rows = self._rows + new
-        self._last = self._last + [self.pad_id] * len(new)
-        # The first token of each new row comes from its prefill logits.
-        self._advance(logits, range(first, len(self._rows)))
+        entries = [(r.prep.vocab, r.prep.prompt_ids, r.request.params, r.prep.force_id, r.prep.forbidden, r.prep.at_speaker, r.prep.limit)
+                   for r in new]
+        rows = self.state.rows_for(entries)
+        rows["positions"] = torch.tensor([len(r.prep.prompt_ids) for r in new], dtype=torch.long)
+        rows["last"] = torch.zeros(len(new), dtype=torch.long)
+        self.state.write_rows([r.slot for r in new], rows)
+        if self.kv is not None:
+            tables = torch.zeros(len(new), self.kv.block_table.shape[1], dtype=torch.int32)
+            for i, r in enumerate(new):
+                tables[i, : len(r.blocks)] = torch.tensor(r.blocks, dtype=torch.int32)
+            index = host_to_device(torch.tensor([r.slot for r in new], dtype=torch.long), self.device)
+            self.kv.block_table.index_copy_(0, index, host_to_device(tables, self.device))
+        self._rows.extend(new)
 
-    def _advance(self, logits: torch.Tensor, rows: range) -> None:
-        """Choose the next token of `rows` (one per logits row), record it, and retire finished rows."""
-        chosen = self.sample([self._rows[i] for i in rows], logits)
-        for i, token in zip(rows, chosen):
-            row = self._rows[i]
-            if row.phase == DONE:
+    def _match_prefix(self, row: _Row) -> None:
+        """Share the registered blocks this prompt starts with (all but its last token: one is prefilled)."""
+        ids = row.prep.prompt_ids
+        for key in block_keys(ids, self.block_size, row.prep.vocab, (len(ids) - 1) // self.block_size):
+            block = self.pool.lookup(key)
+            if block is None:
+                break
+            self.pool.share(block)
+            row.blocks.append(block)
+            row.keys.append(key)
+        row.cached = row.prefilled = len(row.blocks) * self.block_size
+
+    def _take_blocks(self, row: _Row, upto: int, writes: list) -> None:
+        """Blocks for positions < upto (taken from the row's reservation)."""
+        while len(row.blocks) * self.block_size < upto:
+            block = self.pool.take()
+            if row.reserved > 0:
+                row.reserved -= 1
+                self.pool.reserved -= 1
+            writes.append((row.slot, len(row.blocks), block))
+            row.blocks.append(block)
+
+    def _write_tables(self, writes: list) -> None:
+        if writes:
+            slots, cols, blocks = zip(*writes)
+            values = host_to_device(torch.tensor(blocks, dtype=torch.int32), self.device)
+            index = tuple(host_to_device(torch.tensor(i, dtype=torch.long), self.device) for i in (slots, cols))
+            self.kv.block_table.index_put_(index, values)
+
+    def _plan_prefill(self):
+        """The prompt chunks to prefill this step (up to prefill_chunk tokens), or None."""
+        budget, chunks, rows, writes = self.prefill_chunk, [], [], []
+        for row in self._rows:
+            if row.stage != PREFILL or row.closed:
                 continue
-            self._last[i] = token
-            self._record(row, token)
-        self._retire()
+            if budget <= 0 and chunks:
+                break
+            ids = row.prep.prompt_ids
+            end = len(ids) if self.pool is None else min(len(ids), row.prefilled + max(budget, 1))
+            if self.pool is not None:
+                self._take_blocks(row, end, writes)
+            chunks.append(Chunk(row.slot, ids[row.prefilled:end], row.prefilled, row.blocks, row.prep.vocab, end == len(ids)))
+            rows.append(row)
+            budget -= end - row.prefilled
+        return (rows, chunks, writes) if chunks else None
 
-    def sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
-        """Next tokens for a batch of rows, in a handful of vectorised ops on the model's device.
+    def _prefill(self, plan) -> list[_Row]:
+        if plan is None:
+            return []
+        rows, chunks, writes = plan
+        if self.kv is not None:
+            self._write_tables(writes)
+        try:
+            done = self._run_prefill(rows, chunks)
+        except BaseException as exc:
+            logger.warning("prefill of %d rows failed (%s)%s", len(rows), exc, ": retrying row by row" if len(rows) > 1 and self.pool else "")
+            done, kept = [], []
+            for row, chunk in zip(rows, chunks):
+                try:  # alone (its keys and values land in its own blocks): only the rows that fail alone fail
+                    if len(rows) == 1 or self.pool is None:
+                        raise exc
+                    done += self._run_prefill([row], [chunk])
+                    kept.append((row, chunk))
+                except BaseException as error:
+                    self._close(row, error=error)
+            rows, chunks = [r for r, _ in kept], [c for _, c in kept]
+        self._prefilled(rows, chunks)
+        return done
 
-        The conversation grammar is a mask (speaker tokens at a turn start, none inside a message);
-        then repetition penalty, temperature, top-k and top-p per row; then a Gumbel-max draw whose
-        noise comes from each row's seed and draw count only. Forced tokens replace the draw.
-        """
-        device = logits.device
-        logits = logits.float()
-        at_speaker = torch.tensor([r.phase == SPEAKER for r in rows], device=device)
-        allowed = torch.where(at_speaker[:, None], self.speaker_allowed[None, :], self.message_allowed[None, :])
-        for i, r in enumerate(rows):
-            if r.forbidden and r.phase == SPEAKER:
-                allowed[i, r.forbidden] = False
-            if not r.params.eos_stop and self.eos_id is not None and r.phase == MESSAGE:
-                allowed[i, self.eos_id] = False
-        if any(r.phase == SPEAKER and len(set(r.forbidden)) >= self.n_speakable for r in rows):
-            raise EngineError("every speaker is forbidden")
-        penalties = [r.params.repetition_penalty if r.phase == MESSAGE else 1.0 for r in rows]
-        penalty = torch.tensor(penalties, device=device)
-        if any(p != 1.0 for p in penalties):
-            seen = torch.stack([r.seen if r.seen is not None else self._nothing_seen for r in rows])
-            p = penalty[:, None]
-            logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
-        greedy = logits.argmax(dim=-1)
-        scaled = logits / temperature.clamp(min=1e-5)[:, None]
-        top_p = torch.tensor([r.params.top_p for r in rows], device=device)
-        top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else self.vocab for r in rows], device=device)
-        if any(r.params.top_p < 1.0 or r.params.top_k > 0 for r in rows):
-            scaled = self._nucleus(scaled, top_p, top_k, rows)
-        keys = torch.tensor([_mix32(r.key ^ _mix32(r.draws)) for r in rows], dtype=torch.int64, device=device)
-        drawn = (scaled + gumbel_noise(keys, self.vocab)).argmax(dim=-1)
-        choice = torch.where(temperature > 0, drawn, greedy).tolist()
-        for i, r in enumerate(rows):
-            r.draws += 1
-            if r.forced:
-                choice[i] = r.forced.pop(0)
-            elif r.phase == SPEAKER and r.force_speaker_id is not None and r.turns_done == 0:
-                choice[i] = r.force_speaker_id
-        return choice
+    def _prefilled(self, rows: list[_Row], chunks: list[Chunk]) -> None:
+        for row, chunk in zip(rows, chunks):
+            row.prefilled = chunk.end
+            if self.pool is not None:
+                self._register(row, row.prep.prompt_ids, chunk.end)
+            if chunk.last:
+                row.stage = RUNNING
 
-    NUCLEUS_CANDIDATES = 256
+    def _mixed(self, plan, running: list[_Row]) -> list[_Row]:
+        """Prompt chunks and the running rows' decode step in one forward (no CUDA graph): when requests
+        keep arriving, a step is one pass over the weights instead of two. If it fails, the prefill and
+        the decode step run apart, each with its own row-by-row isolation."""
+        rows, chunks, writes = plan
+        decoding = [r for r in running if not r.closed]
+        for row in decoding:
+            self._take_blocks(row, row.fed + 1, writes)
+        self._write_tables(writes)
+        index = torch.tensor([r.slot for r in decoding], dtype=torch.long)
+        last = self.state.last.index_select(0, host_to_device(index, self.device)).tolist()
+        steps = [Chunk(r.slot, [token], r.fed, r.blocks, r.prep.vocab, True) for r, token in zip(decoding, last)]
+        try:
+            if self.faults:
+                self.faults.check("prefill", [r.request.prompt for r in rows])
+                self.faults.check("slow", [r.request.prompt for r in decoding])
+                self.faults.check("step", [r.request.prompt for r in decoding])
+            logits = self.runner.prefill(chunks + steps)
+            done = [r for r, c in zip(rows, chunks) if c.last]
+            sampled = host_to_device(torch.tensor([r.slot for r in done + decoding], dtype=torch.long), self.device)
+            self.state.sample(logits, sampled)
+            decode_index = host_to_device(index, self.device)
+            self.state.positions.index_add_(0, decode_index, torch.ones_like(decode_index))
+        except BaseException as exc:
+            logger.warning("mixed step failed (%s): prefill and decode apart", exc)
+            return self._prefill(plan) + self._decode(running)
+        self._prefilled(rows, chunks)
+        for row in decoding:
+            row.fed += 1
+        self.steps += 1
+        if self.observer is not None:
+            self.observer.on_step(len(decoding))
+        return done + decoding
 
-    def _nucleus(self, scaled: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """Top-k and top-p filtering: everything outside the smallest set reaching top_p goes to -inf.
+    def _run_prefill(self, rows: list[_Row], chunks: list[Chunk]) -> list[_Row]:
+        self.faults.check("prefill", [r.request.prompt for r in rows])
+        logits = self.runner.prefill(chunks)
+        done = [r for r, c in zip(rows, chunks) if c.last]
+        if done:
+            self.state.sample(logits, host_to_device(torch.tensor([r.slot for r in done], dtype=torch.long), self.device))
+        return done
 
-        The candidates are the top 256 tokens (a partial sort) when they hold every row's nucleus,
-        which a trained model's distribution nearly always does; otherwise the full vocabulary is
-        sorted. Both give the same set.
-        """
-        k = min(self.NUCLEUS_CANDIDATES, self.vocab)
-        ordered, order = scaled.topk(k, dim=-1)
-        probs = (ordered - scaled.logsumexp(dim=-1, keepdim=True)).exp()
-        cumulative = probs.cumsum(dim=-1)
-        in_candidates = all(0 < r.params.top_k <= k for r in rows if r.params.top_p >= 1.0)
-        if not in_candidates or not bool(((cumulative[:, -1] >= top_p) | (top_k <= k)).all()):
-            ordered, order = scaled.sort(dim=-1, descending=True)
-            probs = ordered.softmax(dim=-1)
-            cumulative = probs.cumsum(dim=-1)
-        drop = (cumulative - probs) > top_p[:, None]  # keep the smallest set reaching top_p
-        drop |= torch.arange(ordered.shape[1], device=scaled.device)[None, :] >= top_k[:, None]
-        filtered = torch.full_like(scaled, float("-inf"))
-        return filtered.scatter_(1, order, ordered.masked_fill(drop, float("-inf")))
+    def _register(self, row: _Row, ids: list[int], written: int) -> None:
+        """Offer the row's full blocks whose keys and values are written for reuse by later prompts."""
+        full = min(written // self.block_size, len(row.blocks))
+        if full > len(row.keys):
+            keys = block_keys(ids, self.block_size, row.prep.vocab, full)
+            for i in range(len(row.keys), full):
+                self.pool.register(row.blocks[i], keys[i])
+            row.keys = keys
 
-    def _record(self, row: _Row, token: int) -> None:
-        p = row.params
-        if token == self.eos_id and row.phase == MESSAGE and p.eos_stop and token != self.eot_id:
-            row.finish_reason = "eos"
-            row.phase = DONE
-            return
-        row.generated.append(token)
-        if row.seen is not None:
-            row.seen[token] = True
-        if row.phase == SPEAKER and token in self._speaker_set:
-            row.phase = MESSAGE
-            row.turn_tokens = 0
-        elif token == self.eot_id and row.phase == MESSAGE:
-            row.turns_done += 1
-            if row.turns_done >= p.turns:
-                row.finish_reason = row.finish_reason or "stop"
-                row.phase = DONE
-            else:
-                row.forced = list(self.newline_ids)
-                row.phase = SPEAKER
-        elif row.phase == MESSAGE:
-            row.turn_tokens += 1
-            if row.turn_tokens >= p.max_new_tokens:
-                # The turn's budget is spent: close the message so the transcript stays well formed.
-                row.forced = [self.eot_id]
-                if row.turns_done + 1 >= p.turns:
-                    row.finish_reason = "length"
-        self._stream(row)
-        if p.stop and row.phase != DONE:
-            text = self.tokenizer.decode(row.generated, skip_special_tokens=False)
-            for stop in p.stop:
-                if stop and stop in text:
-                    row.finish_reason = "stop"
-                    row.phase = DONE
-                    break
-        if len(row.prompt_ids) + len(row.generated) >= self.max_positions - 1 and row.phase != DONE:
-            row.finish_reason = "length"
-            row.phase = DONE
+    def _decode(self, rows: list[_Row]) -> list[_Row]:
+        rows = [r for r in rows if not r.closed]
+        if not rows:
+            return []
+        if self.pool is not None:
+            writes: list = []
+            for row in rows:
+                self._take_blocks(row, row.fed + 1, writes)
+            self._write_tables(writes)
+        try:
+            if self.faults:
+                self.faults.check("slow", [r.request.prompt for r in rows])
+                self.faults.check("step", [r.request.prompt for r in rows])
+            self.runner.decode([r.slot for r in rows], max(r.fed for r in rows) + 1)
+        except BaseException as exc:
+            rows = self._isolate(rows, exc)
+        for row in rows:
+            row.fed += 1
+        self.steps += 1
+        if self.observer is not None:
+            self.observer.on_step(len(rows))
+        return rows
 
-    def _stream(self, row: _Row) -> None:
-        if row.request.on_text is None:
-            return
-        text = self.tokenizer.decode(row.generated, skip_special_tokens=False)
-        if text.endswith("\ufffd"):
-            return  # half of a multi-byte character: wait for the rest
-        if len(text) > len(row.text_sent) and text.startswith(row.text_sent):
-            row.request.on_text(text[len(row.text_sent):])
-            row.text_sent = text
+    def _isolate(self, rows: list[_Row], exc: BaseException) -> list[_Row]:
+        """A failed step, again row by row (a row's keys and values are rewritten identically): only the
+        rows that fail alone fail. The dynamic backend cannot run one row apart: all its rows fail."""
+        logger.warning("decode step of %d rows failed (%s): retrying row by row", len(rows), exc)
+        if self.pool is None:
+            for row in rows:
+                self._close(row, error=exc)
+            return []
+        ok = []
+        for row in rows:
+            try:
+                self.faults.check("step", [row.request.prompt])
+                self.runner.decode([row.slot], row.fed + 1, eager=True)
+                ok.append(row)
+            except BaseException as error:
+                self._close(row, error=error)
+        return ok
 
-    def _retire(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if row.phase != DONE and not row.request.cancelled]
-        if len(keep) == len(self._rows):
-            return
-        for i, row in enumerate(self._rows):
-            if i not in keep:
-                self._finish(row)
-        self.backend.keep(keep)
-        self._rows = [self._rows[i] for i in keep]
-        self._last = [self._last[i] for i in keep]
+    # --- outputs ------------------------------------------------------------------------------------
+    def _ticket(self, rows: list[_Row]):
+        if not self._overlap:
+            return rows, self.state.out.clone(), None
+        buffer = self._pinned[self._flip]
+        self._flip ^= 1
+        buffer.copy_(self.state.out, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return rows, buffer, event
 
-    def _finish(self, row: _Row, error: BaseException | None = None) -> None:
-        request = row.request
-        if error is not None:
-            request.error = error
+    def _process(self, ticket) -> None:
+        rows, buffer, event = ticket
+        if event is not None:
+            event.synchronize()
+        out = buffer.tolist()
+        for row in rows:
+            if row.closed:
+                continue
+            token, finish = out[row.slot]
+            try:
+                self._take(row, token, finish)
+            except BaseException as exc:  # this row's text handling failed: it alone fails
+                self._close(row, error=exc)
+
+    def _take(self, row: _Row, token: int, finish: int) -> None:
+        stops = row.request.params.stop
+        if token >= 0:
+            row.generated.append(token)
+            if row.first_token_at is None:
+                row.first_token_at = time.perf_counter()
+            row.stream.add(token)
+            self.tokens_generated += 1
+        reason = FINISH_REASONS.get(finish)
+        if reason is not None:
+            row.stream.finish()
+        if stops:
+            at = find_stop(row.stream.text, stops, row.searched)
+            row.searched = len(row.stream.text)
+            if at >= 0:
+                row.cut, reason = at, "stop"
+        if reason is not None:
+            self._emit(row, len(row.stream.text) if row.cut is None else row.cut)
+            self._close(row, reason=reason)
         else:
-            text = self.tokenizer.decode(row.generated, skip_special_tokens=False)
-            for stop in row.params.stop:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            request.result = Result(
-                text=text,
-                prompt_tokens=len(row.prompt_ids),
-                completion_tokens=len(row.generated),
-                finish_reason=row.finish_reason or "stop",
-                dropped_messages=row.dropped,
-                seconds=time.perf_counter() - row.started,
-            )
-        request.done.set()
-        if request.on_done:
-            request.on_done(request.error or request.result)
+            self._emit(row, len(row.stream.text) - held_back(row.stream.text, stops))
+
+    def _emit(self, row: _Row, upto: int) -> None:
+        """Stream the text up to `upto` (the part that no later stop string can take back)."""
+        if row.request.on_text is not None and upto > row.sent:
+            delta = row.stream.text[row.sent:upto]
+            row.sent = upto
+            row.request.on_text(delta)
+
+    def _close(self, row: _Row, reason: str | None = None, error: BaseException | None = None) -> None:
+        if row.closed:
+            return
+        row.closed = True
+        self._rows.remove(row)
+        self._to_retire.append(row.slot)
+        self.runner.release(row.slot)
+        if self.pool is not None:
+            if error is None:  # keys and values are written up to the last token fed to a decode step
+                self._register(row, row.prep.prompt_ids + row.generated, min(row.fed, len(row.prep.prompt_ids) + len(row.generated)))
+            for block in row.blocks:
+                self.pool.release(block)
+            self.pool.reserved -= row.reserved
+        self._free_slots.append(row.slot)
+        if error is None:
+            text = row.stream.text if row.cut is None else row.stream.text[: row.cut]
+            now = time.perf_counter()
+            result = Result(text=text, prompt_tokens=len(row.prep.prompt_ids), completion_tokens=len(row.generated),
+                            finish_reason=reason or "stop", dropped_messages=row.prep.dropped, seconds=now - row.started,
+                            first_token_s=None if row.first_token_at is None else row.first_token_at - row.started,
+                            cached_tokens=row.cached)
+            _deliver(row.request, result=result)
+        else:
+            _deliver(row.request, error=error)
+        if self.observer is not None:
+            self.observer.on_finish(row.request)
+
+
+def _deliver(request: Request, result: Result | None = None, error: BaseException | None = None) -> None:
+    request.result, request.error = result, error
+    request.done.set()
+    if request.on_done is not None:
+        try:
+            request.on_done(error if error is not None else result)
+        except Exception:  # a caller's callback must not take the engine down
+            logger.exception("on_done callback failed")
 
 
 # --- loading a checkpoint ------------------------------------------------------------------------------
@@ -737,10 +654,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def engine_from_checkpoint(model_dir: str | Path, *, device: str = "auto", tokenizer_model: str | None = None, max_prompt_tokens: int = 768,
-                           max_batch_size: int = 32, static_cache: bool = False, compile: bool = False, max_cache_len: int = 2048) -> GenerationEngine:
-    dev = resolve_device(device)
+                           max_batch_size: int = 32, compile: bool = False, max_cache_len: int = 2048, backend: str = "paged",
+                           kv_cache_tokens: int | None = None, prefill_chunk_tokens: int | None = None) -> GenerationEngine:
+    """An engine on one checkpoint (an adapter is merged into its base: no adapter cost per token).
+    `compile` captures the decode step as CUDA graphs (GPU only)."""
     from fizzbot.artifacts.loading import load_for_inference
 
+    dev = resolve_device(device)
     model, tokenizer, speaker_map = load_for_inference(model_dir, device=dev, tokenizer_model=tokenizer_model)
     return GenerationEngine(model, tokenizer, speaker_map, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size,
-                            device=dev, static_cache=static_cache, compile=compile and dev.type == "cuda", max_cache_len=max_cache_len)
+                            device=dev, backend=backend, graphs=compile and dev.type == "cuda", max_cache_len=max_cache_len,
+                            kv_cache_tokens=kv_cache_tokens, prefill_chunk_tokens=prefill_chunk_tokens)

@@ -8,14 +8,16 @@ server-sent events), GET /v1/models, /healthz. Each replica runs one GenerationE
 continuous-batching loop lets concurrent requests share forward passes; admission control answers
 503 at once when `max_concurrent_requests + max_queued_requests` are already in flight.
 
-Message contexts are read by the checkpoint's own rules (fizzbot.chat.conversation.ChatRules: its
-context budget and opted-out people, and `serve.unknown_speakers`): a name the model has never seen
-takes the guest token, and the answer names it back where that is unambiguous.
+Message contexts are read by each model's own rules (fizzbot.chat.conversation.ChatRules: the
+checkpoint's context budget and opted-out people, and `serve.unknown_speakers`): a name the model has
+never seen takes the guest token, and the answer names it back where that is unambiguous.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fizzbot.chat.conversation import Prompt
+from fizzbot.chat.conversation import ChatRules, Prompt
 from fizzbot.config import FizzbotConfig, ServeConfig, load_config
 
 logger = logging.getLogger("fizzbot.serve")
@@ -57,6 +59,7 @@ class ContextMessage(_Body):
 
 
 class GenerateBody(_Body):
+    model: str | None = Field(None, description="The adapter (community) that answers; default the server's first.")
     context: list[ContextMessage] | str = Field(default_factory=list, description="Messages, or raw text with speaker tokens.")
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=5.0)
@@ -72,6 +75,7 @@ class GenerateBody(_Body):
 
 class DecodeBody(_Body):
     text: str
+    model: str | None = None
 
 
 class _OpenAIBody(_Body):
@@ -166,37 +170,156 @@ def resolve_model_dir(cfg: FizzbotConfig) -> str:
     return latest if storage.is_uri(latest) else str(Path(latest).resolve())
 
 
+def resolve_adapters(cfg: FizzbotConfig) -> dict[str, str]:
+    """serve.adapters with absolute paths (the replica may run elsewhere), each checked to exist."""
+    found = {}
+    for name, folder in cfg.serve.adapters.items():
+        path = Path(folder)
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"serve.adapters.{name}={folder}: no LoRA checkpoint there (no adapter_config.json)")
+        found[name] = str(path.resolve())
+    return found
+
+
+class _Job:
+    """One engine request as the asyncio side sees it: its future, deadline and in-flight count."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float):
+        self.loop, self.deadline = loop, deadline
+        self.future: asyncio.Future = loop.create_future()
+        self.request = None
+        self.counted = None
+
+    def done(self, outcome) -> None:  # from the engine's thread
+        self.loop.call_soon_threadsafe(lambda: self.future.done() or self.future.set_result(outcome))
+
+    def release(self) -> None:
+        if self.counted is not None:
+            self.counted.in_flight -= 1
+            self.counted = None
+
+
+class _Deltas:
+    """Text deltas from the engine's thread, taken by the event loop all at once (one wake-up pending at most)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.parts: list[str] = []
+        self.lock = threading.Lock()
+        self.ready = asyncio.Event()
+        self.signalled = False
+
+    def put(self, text: str) -> None:
+        with self.lock:
+            self.parts.append(text)
+            if self.signalled:
+                return
+            self.signalled = True
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def wait(self) -> None:
+        await self.ready.wait()
+
+    def take(self) -> str:
+        with self.lock:
+            text, self.parts, self.signalled = "".join(self.parts), [], False
+            self.ready.clear()
+        return text
+
+
 @serve.deployment(name="fizzbot", health_check_period_s=10, health_check_timeout_s=30)
 @serve.ingress(api)
 class FizzbotServer:
     """One replica: a loaded checkpoint, its generation engine, and the HTTP routes."""
 
-    def __init__(self, config: dict, model_dir: str):
-        from fizzbot.artifacts.loading import chat_rules
-        from fizzbot.infer.engine import engine_from_checkpoint
-
+    def __init__(self, config: dict, model_dir: str | None):
         self.cfg = FizzbotConfig.model_validate(config)
         self.limits: ServeConfig = self.cfg.serve
-        g = self.cfg.generate
         self.model_dir = model_dir
-        self.engine = engine_from_checkpoint(
-            model_dir,
+        self.engine = None
+        self.rules: dict[str | None, ChatRules] = {}  # each model's own context rules, by adapter (None: the one model)
+        if model_dir is not None:  # one checkpoint; with serve.adapters the engine comes with the first reconfigure
+            from fizzbot.infer.engine import engine_from_checkpoint
+
+            self.engine = engine_from_checkpoint(model_dir, **self._engine_options())
+            self.rules[None] = self._read_rules(model_dir)
+            self._started()
+        self.in_flight = 0
+        self.closing = False
+        self.created = int(time.time())
+        self.replica = uuid.uuid4().hex[:12]  # tells a reconfigured replica from a replaced one
+        self.folders: dict[str, str] = {}
+        if self.engine is not None:
+            logger.info("fizzbot replica ready: %s", model_dir)
+
+    def _started(self) -> None:
+        from fizzbot.serve.metrics import ServerMetrics
+
+        self.metrics = ServerMetrics(self.engine)
+        self.engine.observer = self.metrics
+        self.engine.start()
+
+    def _engine_options(self) -> dict:
+        g, lim = self.cfg.generate, self.limits
+        return dict(
             device=g.device,
             tokenizer_model=g.tokenizer_model,
-            max_prompt_tokens=self.limits.max_prompt_tokens,
-            max_batch_size=self.limits.max_concurrent_requests,
-            static_cache=g.compile,
+            max_prompt_tokens=lim.max_prompt_tokens,
+            max_batch_size=lim.max_concurrent_requests,
             compile=g.compile,
-            max_cache_len=g.max_cache_len,
+            # Whatever the limits allow fits: a request within them is never cut short by the cache.
+            max_cache_len=max(g.max_cache_len, lim.max_prompt_tokens + lim.max_turns * (lim.max_new_tokens + 3)),
+            kv_cache_tokens=g.kv_cache_tokens,
+            prefill_chunk_tokens=g.prefill_chunk_tokens,
         )
-        self.rules = chat_rules(model_dir, self.limits.unknown_speakers)
-        self.engine.start()
-        self.in_flight = 0
-        self.created = int(time.time())
-        logger.info("fizzbot replica ready: %s", model_dir)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve's user_config: {"adapters": {name: checkpoint}}. New names load into free slots beside the
+        running rows; names left out stop being served (their slots stay taken until a restart)."""
+        adapters = dict(user_config.get("adapters") or {})
+        if not adapters:
+            return
+        if self.engine is None:
+            from fizzbot.infer.lora import engine_from_adapters
+
+            options = self._engine_options()
+            options.pop("tokenizer_model")
+            self.engine = engine_from_adapters(adapters, max_adapters=self.limits.max_adapters, max_rank=self.limits.max_lora_rank, **options)
+            self.rules.update({name: self._read_rules(folder) for name, folder in adapters.items()})
+            self._started()
+            self.folders = {name: str(folder) for name, folder in adapters.items()}
+            logger.info("fizzbot replica ready: adapters %s", ", ".join(adapters))
+            return
+        for name, folder in adapters.items():
+            if name not in self.engine.adapter_index:
+                self.rules[name] = self._read_rules(folder)
+                self.engine.add_adapter(name, folder)
+                self.folders[name] = str(folder)
+                logger.info("adapter %s added: %s", name, folder)
+        for name in [n for n in self.engine.adapters if n not in adapters]:
+            del self.engine.adapter_index[name]
+            self.folders.pop(name, None)
+            logger.info("adapter %s no longer served", name)
+
+    def _read_rules(self, folder: str) -> ChatRules:
+        from fizzbot.artifacts.checkpoint import fetch_checkpoint
+        from fizzbot.artifacts.loading import chat_rules
+
+        return chat_rules(fetch_checkpoint(folder), self.limits.unknown_speakers)
+
+    def _rules_for(self, adapter: str | None) -> ChatRules:
+        return self.rules.get(adapter) or self.rules.get(None) or ChatRules(unknown_speakers=self.limits.unknown_speakers)
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica shuts down, after its graceful wait for ongoing requests:
+        # whatever is still in flight finishes (up to the request timeout) or fails with an answer.
+        self.closing = True
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop(drain_s=self.limits.request_timeout_s)
 
     async def check_health(self) -> None:
-        thread = self.engine._thread
+        thread = self.engine._thread if self.engine is not None else None
         if thread is None or not thread.is_alive():
             raise RuntimeError("the generation loop is not running")
 
@@ -211,24 +334,37 @@ class FizzbotServer:
 
     def _admit(self, count: int) -> None:
         capacity = self.limits.max_concurrent_requests + self.limits.max_queued_requests
+        if self.closing or self.in_flight + count > capacity:
+            self.metrics.outcome(503, None)
+        if self.closing:
+            raise APIError(503, "the server is shutting down; retry on another replica", "overloaded_error")
         if self.in_flight + count > capacity:
             raise APIError(503, f"server busy: {self.in_flight} requests in flight (limit {capacity}); retry later", "overloaded_error")
 
-    def _speakers(self, speaker: str | None, forbid=()) -> tuple[str | None, str | None, tuple[str, ...]]:
+    def _choose(self, model: str | None) -> str | None:
+        """The adapter a request's `model` names (None: the default model)."""
+        if model is None or model == self.limits.model_name or not self.engine.adapters:
+            return None  # one merged model answers to any name, as before adapters
+        if model not in self.engine.adapter_index:
+            raise APIError(404, f"model {model!r} is not served here; GET /v1/models lists them", "not_found_error", param="model")
+        return model
+
+    def _speakers(self, speaker: str | None, forbid=(), adapter: str | None = None) -> tuple[str | None, str | None, tuple[str, ...]]:
         """(token to force, the forced speaker's name where it takes the guest token, tokens to forbid)."""
         from fizzbot.chat.conversation import speaker_to_force, tokens_to_forbid
 
-        smap = self.engine.speaker_map
+        smap, rules = self.engine.vocab_for(adapter).speaker_map, self._rules_for(adapter)
         try:
-            force, forced_guest = speaker_to_force(speaker, smap, self.rules) if speaker else (None, None)
+            force, forced_guest = speaker_to_force(speaker, smap, rules) if speaker else (None, None)
         except KeyError as exc:
             raise APIError(400, str(exc.args[0]), param="speaker") from None
         try:
-            return force, forced_guest, tokens_to_forbid(forbid, smap, self.rules)
+            return force, forced_guest, tokens_to_forbid(forbid, smap, rules)
         except KeyError as exc:
             raise APIError(400, str(exc.args[0]), param="forbid_speakers") from None
 
-    def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, force=None, forbidden=(), stop=(), top_k=None):
+    def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, force=None, forbidden=(),
+                  stop=(), top_k=None):
         from fizzbot.infer.engine import SamplingParams
 
         g, lim = self.cfg.generate, self.limits
@@ -246,90 +382,143 @@ class FizzbotServer:
             eos_stop=eos_stop,
             seed=seed,
             force_speaker=force,
-            forbid_speakers=forbidden,
+            forbid_speakers=tuple(forbidden),
             stop=tuple(stop),
         )
 
-    def _prompt_from_messages(self, messages: list[dict]) -> Prompt:
-        """The checkpoint's rules: its message and character budget (what it was trained on), opted-out
+    def _prompt_from_messages(self, messages: list[dict], adapter: str | None = None) -> Prompt:
+        """The model's own rules: its message and character budget (what it was trained on), opted-out
         people, unknown speakers under `serve.unknown_speakers`."""
         from fizzbot.chat.conversation import encode_conversation
 
         try:
-            return encode_conversation(messages, self.engine.speaker_map, self.rules)
+            return encode_conversation(messages, self.engine.vocab_for(adapter).speaker_map, self._rules_for(adapter))
         except KeyError as exc:
             raise APIError(400, str(exc.args[0]), param="messages") from None
 
-    async def _run(self, prompt: str, params, on_text=None):
-        """Submit to the engine and await the result; cancels the request if the client goes away."""
-        from fizzbot.infer.engine import Request as EngineRequest
+    INLINE_PROMPT_CHARS = 4000  # shorter prompts are tokenised on the event loop: a thread hop costs more
+
+    async def _start(self, prompt: str, params, on_text=None, adapter: str | None = None, strict_prompt: bool = False) -> "_Job":
+        """Tokenise and check the request (long prompts off the event loop), then hand it to the engine.
+        Refusals (400: it cannot fit or run; 503: shutting down) come here, before any response starts."""
+        from fizzbot.infer.engine import EngineClosed, EngineError, PromptTooLong, Request as EngineRequest
 
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-
-        def done(outcome) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(outcome))
-
-        request = EngineRequest(prompt, params, on_text=on_text, on_done=done)
+        job = _Job(loop, time.monotonic() + self.limits.request_timeout_s)
+        request = EngineRequest(prompt, params, on_text=on_text, on_done=job.done, adapter=adapter, strict_prompt=strict_prompt)
+        job.request = request
         self.in_flight += 1
+        job.counted = self
         try:
+            if len(prompt) > self.INLINE_PROMPT_CHARS:
+                await loop.run_in_executor(None, self.engine.prepare, request)
+            else:
+                self.engine.prepare(request)
             self.engine.submit(request)
-            outcome = await future
+        except EngineError as exc:
+            job.release()
+            self.metrics.outcome(400, adapter)
+            raise APIError(400, str(exc), param="prompt" if isinstance(exc, PromptTooLong) else None) from None
+        except EngineClosed as exc:
+            job.release()
+            self.metrics.outcome(503, adapter)
+            raise APIError(503, str(exc), "overloaded_error") from None
+        except BaseException:
+            job.release()
+            raise
+        return job
+
+    async def _finish(self, job: "_Job"):
+        """Await the engine's answer, within the request timeout; cancels the request if the client goes away."""
+        try:
+            outcome = await self._outcome(job)
+        except APIError as exc:
+            self.metrics.outcome(exc.status, job.request.adapter)
+            raise
         except asyncio.CancelledError:
-            request.cancelled = True
+            self.metrics.outcome(499, job.request.adapter)  # the client closed the connection (nginx's code)
+            raise
+        self.metrics.outcome(200, job.request.adapter)
+        return outcome
+
+    async def _outcome(self, job: "_Job"):
+        from fizzbot.infer.engine import EngineClosed, EngineError
+
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(job.future), timeout=max(0.0, job.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            job.request.cancelled = True
+            raise APIError(504, f"the request did not finish within serve.request_timeout_s={self.limits.request_timeout_s:g}s",
+                           "timeout_error") from None
+        except asyncio.CancelledError:
+            job.request.cancelled = True  # the client went away: the engine frees its slot at the next step
             raise
         finally:
-            self.in_flight -= 1
+            job.release()
         if isinstance(outcome, BaseException):
-            if isinstance(outcome, ValueError):
+            if isinstance(outcome, EngineError):
                 raise APIError(400, str(outcome))
-            raise outcome
+            if isinstance(outcome, EngineClosed):
+                raise APIError(503, str(outcome), "overloaded_error")
+            logger.warning("generation failed: %s: %s", type(outcome).__name__, outcome)
+            raise APIError(500, f"generation failed: {type(outcome).__name__}: {outcome}", "server_error")
         if self.limits.log_content:
             logger.info("generated %r", outcome.text)
         else:
             logger.info("generated %d tokens in %.2fs (prompt %d tokens)", outcome.completion_tokens, outcome.seconds, outcome.prompt_tokens)
         return outcome
 
-    def _check_prompt_length(self, prompt: str) -> None:
-        n = len(self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if n > self.limits.max_prompt_tokens:
-            raise APIError(400, f"prompt is {n} tokens, over this server's limit of {self.limits.max_prompt_tokens}", param="prompt")
+    async def _run(self, prompt: str, params, adapter: str | None = None, strict_prompt: bool = False):
+        return await self._finish(await self._start(prompt, params, adapter=adapter, strict_prompt=strict_prompt))
 
-    def _stream(self, prompt: str, params, make_chunk, finish_chunk) -> StreamingResponse:
-        """Server-sent events: one chunk per text delta, a final chunk, then [DONE]."""
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue = asyncio.Queue()
+    async def _stream(self, prompt: str, params, make_chunk, finish_chunk, adapter: str | None = None,
+                      strict_prompt: bool = False) -> StreamingResponse:
+        """Server-sent events: text deltas, a final chunk, then [DONE]; an error mid-stream is an `error`
+        event, then [DONE]. Events are at least serve.stream_interval_s apart (the first goes at once):
+        the text made meanwhile, or while the client was behind, goes out as one event. Every event
+        crosses Serve's proxy; one per token per stream is what held streaming to a quarter of the
+        non-streamed rate at 64 clients."""
+        deltas = _Deltas(asyncio.get_running_loop())
+        job = await self._start(prompt, params, on_text=deltas.put, adapter=adapter, strict_prompt=strict_prompt)
 
-        def on_text(delta: str) -> None:
-            loop.call_soon_threadsafe(deltas.put_nowait, delta)
+        def event(payload: dict) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
+
+        interval = self.limits.stream_interval_s
 
         async def events():
-            task = asyncio.ensure_future(self._run(prompt, params, on_text=on_text))
+            finishing = asyncio.ensure_future(self._finish(job))
+            sent = 0.0
             try:
                 while True:
-                    getter = asyncio.ensure_future(deltas.get())
-                    finished, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in finished:
-                        chunk = make_chunk(getter.result())
+                    waiter = asyncio.ensure_future(deltas.wait())
+                    await asyncio.wait({waiter, finishing}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    pause = sent + interval - time.monotonic()
+                    if pause > 0 and not finishing.done():  # text made meanwhile joins this event
+                        await asyncio.wait({finishing}, timeout=pause)
+                    text = deltas.take()
+                    if text:
+                        chunk = make_chunk(text)
                         if chunk is not None:
-                            yield f"data: {json.dumps(chunk)}\n\n"
-                        continue
-                    getter.cancel()
-                    while not deltas.empty():
-                        chunk = make_chunk(deltas.get_nowait())
-                        if chunk is not None:
-                            yield f"data: {json.dumps(chunk)}\n\n"
-                    try:
-                        result = task.result()
-                    except APIError as exc:
-                        yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'param': exc.param}})}\n\n"
+                            yield event(chunk)
+                            sent = time.monotonic()
+                    if finishing.done():
                         break
-                    yield f"data: {json.dumps(finish_chunk(result))}\n\n"
-                    break
+                try:
+                    result = finishing.result()
+                except APIError as exc:
+                    yield event({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.status}})
+                except Exception as exc:  # noqa: BLE001 - the stream must still end properly
+                    yield event({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "param": None, "code": 500}})
+                else:
+                    yield event(finish_chunk(result))
                 yield "data: [DONE]\n\n"
             finally:
-                if not task.done():
-                    task.cancel()
+                if not finishing.done():  # the client went away (or the server is stopping)
+                    finishing.cancel()
+                    job.request.cancelled = True
+                    job.release()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -337,22 +526,25 @@ class FizzbotServer:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         await self.check_health()
-        return {"status": "ok", "model": self.limits.model_name, "in_flight": self.in_flight}
+        return {"status": "ok", "model": self.limits.model_name, "in_flight": self.in_flight, "replica": self.replica,
+                "engine": self.engine.stats()}
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self._authorize(request)
-        return {
-            "object": "list",
-            "data": [{"id": self.limits.model_name, "object": "model", "created": self.created, "owned_by": "fizzbot", "root": self.model_dir}],
-        }
+        if not self.engine.adapters:
+            entries = [(self.limits.model_name, self.model_dir)]
+        else:
+            entries = [(name, self.folders.get(name)) for name in self.engine.adapters]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created, "owned_by": "fizzbot", "root": root}
+                                           for name, root in entries]}
 
     @api.post("/v1/decode")
     async def decode(self, body: DecodeBody, request: Request) -> dict:
         from fizzbot.chat.conversation import decode, format_lines
 
         self._authorize(request)
-        messages = decode(body.text, self.engine.speaker_map)
+        messages = decode(body.text, self.engine.vocab_for(self._choose(body.model)).speaker_map)
         return {"messages": [m.to_json() for m in messages], "text": format_lines(messages)}
 
     @api.post("/v1/generate")
@@ -360,25 +552,26 @@ class FizzbotServer:
         from fizzbot.chat.conversation import decode
 
         self._authorize(request)
+        adapter = self._choose(body.model)
         if isinstance(body.context, str):
             prompt = Prompt(body.context)
         else:
-            prompt = self._prompt_from_messages([m.model_dump() for m in body.context])
-        force, forced_guest, forbidden = self._speakers(body.speaker, body.forbid_speakers)
+            prompt = self._prompt_from_messages([m.model_dump() for m in body.context], adapter)
+        force, forced_guest, forbidden = self._speakers(body.speaker, body.forbid_speakers, adapter)
         params = self._sampling(
             max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             repetition_penalty=body.repetition_penalty, turns=body.turns or self.cfg.generate.turns, seed=body.seed,
             eos_stop=body.eos_stop, force=force, forbidden=forbidden,
         )
         self._admit(1)
-        result = await self._run(prompt.text, params)
-        smap = self.engine.speaker_map
+        result = await self._run(prompt.text, params, adapter)
+        smap = self.engine.vocab_for(adapter).speaker_map
         messages = decode(result.text, smap, prompt.speaker_names(smap, forced_guest), forced_guest)
         return {
             "raw": result.text,
             "messages": [m.to_json() for m in messages],
             "finish_reason": result.finish_reason,
-            # Left out by the checkpoint's message/character budget, then by the token budget.
+            # Left out by the model's message/character budget, then by the token budget.
             "dropped_messages": prompt.dropped + result.dropped_messages,
             "usage": _usage(result.prompt_tokens, result.completion_tokens),
         }
@@ -386,14 +579,13 @@ class FizzbotServer:
     @api.post("/v1/completions")
     async def completions(self, body: CompletionBody, request: Request):
         self._authorize(request)
+        adapter = self._choose(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts:
             raise APIError(400, "prompt is empty", param="prompt")
         self._check_n(body.n)
         if body.stream and (len(prompts) > 1 or body.n > 1):
             raise APIError(400, "stream=true takes one prompt and n=1", param="stream")
-        for p in prompts:
-            self._check_prompt_length(p)
         created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
 
@@ -415,10 +607,10 @@ class FizzbotServer:
                         "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return self._stream(prompts[0], params, chunk, final)
+            return await self._stream(prompts[0], params, chunk, final, adapter, strict_prompt=True)
         jobs = [(p, params_for(i)) for p in prompts for i in range(body.n)]
         self._admit(len(jobs))
-        results = await asyncio.gather(*(self._run(p, params) for p, params in jobs))
+        results = await asyncio.gather(*(self._run(p, params, adapter, strict_prompt=True) for p, params in jobs))
         return {
             "id": rid, "object": "text_completion", "created": created, "model": model,
             "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": _finish(r)} for i, r in enumerate(results)],
@@ -430,6 +622,7 @@ class FizzbotServer:
         from fizzbot.chat.conversation import decode
 
         self._authorize(request)
+        adapter = self._choose(body.model)
         self._check_n(body.n)
         if body.stream and body.n > 1:
             raise APIError(400, "stream=true takes n=1", param="stream")
@@ -445,12 +638,12 @@ class FizzbotServer:
                 name = body.speaker or self.limits.assistant_name
             # Unnamed still: the guest token (an `anonymous` message).
             context.append({"username": name, "content": m.content or "", "anonymous": not name})
-        prompt = self._prompt_from_messages(context)
-        force, forced_guest, _ = self._speakers(body.speaker)
+        prompt = self._prompt_from_messages(context, adapter)
+        force, forced_guest, _ = self._speakers(body.speaker, (), adapter)
         max_tokens = body.max_completion_tokens or body.max_tokens
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = body.model or self.limits.model_name
-        smap = self.engine.speaker_map
+        smap = self.engine.vocab_for(adapter).speaker_map
         names = prompt.speaker_names(smap, forced_guest)
 
         def params_for(i: int):
@@ -492,9 +685,9 @@ class FizzbotServer:
                         "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
-            return self._stream(prompt.text, params, chunk, final)
+            return await self._stream(prompt.text, params, chunk, final, adapter)
         self._admit(body.n)
-        results = await asyncio.gather(*(self._run(prompt.text, params_for(i)) for i in range(body.n)))
+        results = await asyncio.gather(*(self._run(prompt.text, params_for(i), adapter) for i in range(body.n)))
         choices = []
         for i, r in enumerate(results):
             name, content = message_of(r.text)
@@ -515,27 +708,49 @@ class FizzbotServer:
 # --- building and running ----------------------------------------------------------------------------
 
 
-def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None):
-    """The bound Serve application for a config: replicas, autoscaling and resources from `serve.*`."""
+def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_env: dict | None = None):
+    """The bound Serve application for a config: replicas, autoscaling and resources from `serve.*`
+    (`runtime_env`: the replica's Ray runtime environment, e.g. environment variables)."""
+    from fizzbot.ray_utils import storage_runtime_env
+
     s = cfg.serve
+    actor: dict[str, Any] = {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}
+    # A replica that fetches a checkpoint from a bucket needs its credentials and endpoint, which a
+    # Ray started before they were set would not hand it.
+    runtime_env = dict(runtime_env or {})
+    env_vars = {**storage_runtime_env().get("env_vars", {}), **runtime_env.get("env_vars", {})}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    if runtime_env:
+        actor["runtime_env"] = runtime_env
+    if s.adapters:
+        # The adapters travel as Serve's user_config, not as constructor arguments: changing them
+        # reconfigures the running replicas instead of replacing them.
+        options_config = cfg.model_copy(update={"serve": s.model_copy(update={"adapters": {}})}).model_dump(mode="json")
+    else:
+        options_config = cfg.model_dump(mode="json")
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        "ray_actor_options": actor,
         # Serve's own queue stays out of the way: the replica answers 503 itself, at once.
         "max_ongoing_requests": s.max_concurrent_requests + s.max_queued_requests + 16,
+        # A replica that shuts down lets its requests finish (each ends within the request timeout).
+        "graceful_shutdown_timeout_s": s.request_timeout_s + 5,
     }
     if s.autoscaling is not None:
         options["autoscaling_config"] = s.autoscaling.model_dump()
     else:
         options["num_replicas"] = s.num_replicas
-    model_dir = model_dir or resolve_model_dir(cfg)
-    if "://" in model_dir:
-        # Each replica fetches the checkpoint into its node's cache: it needs the bucket's credentials
-        # and endpoint, which a Ray started before they were set would not hand it.
-        from fizzbot.ray_utils import storage_runtime_env
-
-        if storage_runtime_env():
-            options["ray_actor_options"]["runtime_env"] = storage_runtime_env()
-    return FizzbotServer.options(**options).bind(cfg.model_dump(mode="json"), model_dir)
+    model_dir = None if s.adapters else (model_dir or resolve_model_dir(cfg))
+    if s.adapters:
+        options["user_config"] = {"adapters": resolve_adapters(cfg)}
+    deployment = FizzbotServer.options(**options)
+    # Serve gives a deployment run from Python a random code version, so every `serve.run` replaces
+    # its replicas; a version that follows what a replica is built from instead lets a run that only
+    # changes the user_config (the adapters) reconfigure the running replicas in place (as `serve
+    # deploy` of a config file does). Ray 2.60 took `version` out of options(): the attribute remains.
+    built_from = json.dumps([options_config, model_dir, actor, options["max_ongoing_requests"]], sort_keys=True, default=str)
+    deployment._version = hashlib.sha1(built_from.encode()).hexdigest()[:16]
+    return deployment.bind(options_config, model_dir)
 
 
 class AppArgs(BaseModel):
@@ -552,7 +767,7 @@ def build_app(args: AppArgs):
     return build_deployment(cfg)
 
 
-def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str = "/") -> str:
+def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str = "/", runtime_env: dict | None = None) -> str:
     """Deploy the application on the running Ray (started if needed); returns its base URL.
 
     Serve's HTTP proxy takes `serve.host`/`serve.port` when Serve first starts on a cluster; later
@@ -562,7 +777,7 @@ def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str =
 
     ensure_ray()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_deployment(cfg), name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(build_deployment(cfg, runtime_env=runtime_env), name=name, route_prefix=route_prefix, blocking=False)
     # The proxy that answers is the one Serve started first on this cluster: its address, not the
     # config's, is where this application is (a second app with another serve.port shares it).
     from ray.serve.context import _get_global_client
