@@ -262,7 +262,9 @@ def run_update(cfg: FizzbotConfig, model_dir: str | Path, inputs: list[str], ove
 
 
 def promote(cfg: FizzbotConfig, new_checkpoint: Path, app: str) -> dict:
-    """Point the running Serve application `app` at the new checkpoint (see the serving docs)."""
+    """Point the running Serve application `app` at the new checkpoint: a user_config change that Serve
+    applies to the running replicas in place (fizzbot.serve.app.swap_model); requests meanwhile are
+    answered, those in flight by the old model."""
     from fizzbot.serve.app import swap_model
 
-    return swap_model(cfg, app, str(new_checkpoint))
+    return swap_model(app, str(Path(new_checkpoint).resolve()))

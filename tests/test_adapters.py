@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from fizzbot.chat.conversation import encode_messages
+from fizzbot.chat.conversation import encode_conversation
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.config import load_config
 from fizzbot.infer.engine import Request, SamplingParams, engine_from_checkpoint
@@ -18,7 +18,7 @@ def speaker_map(checkpoint) -> SpeakerMap:
 def requests_for(checkpoint, adapter=None, n=4):
     smap = speaker_map(checkpoint)
     names = [s.username for s in smap.speakers]
-    return [Request(encode_messages([{"username": names[i % len(names)], "content": f"hi there {i}"}], smap),
+    return [Request(encode_conversation([{"username": names[i % len(names)], "content": f"hi there {i}"}], smap).text,
                     SamplingParams(turns=2, seed=i, max_new_tokens=16, temperature=0.0 if i % 2 else 0.8), adapter=adapter) for i in range(n)]
 
 

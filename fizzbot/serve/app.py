@@ -232,30 +232,39 @@ class _Deltas:
 class FizzbotServer:
     """One replica: a loaded checkpoint, its generation engine, and the HTTP routes."""
 
-    def __init__(self, config: dict, model_dir: str | None):
+    def __init__(self, config: dict, model_dir: str | None = None):
         self.cfg = FizzbotConfig.model_validate(config)
         self.limits: ServeConfig = self.cfg.serve
-        self.model_dir = model_dir
+        self.model_dir: str | None = None
         self.engine = None
         self.rules: dict[str | None, ChatRules] = {}  # each model's own context rules, by adapter (None: the one model)
-        if model_dir is not None:  # one checkpoint; with serve.adapters the engine comes with the first reconfigure
-            from fizzbot.infer.engine import engine_from_checkpoint
-
-            self.engine = engine_from_checkpoint(model_dir, **self._engine_options())
-            self.rules[None] = self._read_rules(model_dir)
-            self._started()
         self.in_flight = 0
         self.closing = False
         self.created = int(time.time())
         self.replica = uuid.uuid4().hex[:12]  # tells a reconfigured replica from a replaced one
         self.folders: dict[str, str] = {}
-        if self.engine is not None:
-            logger.info("fizzbot replica ready: %s", model_dir)
+        if model_dir is not None:  # built directly (the models usually come with the user_config: reconfigure)
+            self._load_model(model_dir)
+
+    def _load_model(self, model_dir: str) -> None:
+        """Serve one checkpoint (its adapter merged); the engine it replaces finishes its requests in flight."""
+        from fizzbot.infer.engine import engine_from_checkpoint
+
+        engine = engine_from_checkpoint(model_dir, **self._engine_options())
+        rules = self._read_rules(model_dir)
+        old, self.engine = self.engine, engine
+        self.rules[None], self.model_dir = rules, model_dir
+        self._started()
+        logger.info("fizzbot replica ready: %s", model_dir)
+        if old is not None:  # new requests go to the new engine from here; the old one drains
+            threading.Thread(target=old.stop, kwargs={"drain_s": self.limits.request_timeout_s}, daemon=True).start()
 
     def _started(self) -> None:
         from fizzbot.serve.metrics import ServerMetrics
 
-        self.metrics = ServerMetrics(self.engine)
+        if getattr(self, "metrics", None) is None:
+            self.metrics = ServerMetrics(self.engine)
+        self.metrics.engine = self.engine  # one set of metrics for the replica, whichever engine serves
         self.engine.observer = self.metrics
         self.engine.start()
 
@@ -273,12 +282,22 @@ class FizzbotServer:
             prefill_chunk_tokens=g.prefill_chunk_tokens,
         )
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Serve's user_config: {"adapters": {name: checkpoint}}. New names load into free slots beside the
-        running rows; names left out stop being served (their slots stay taken until a restart)."""
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve's user_config, applied to the running replica in place (no restart):
+        {"model_dir": checkpoint} serves that checkpoint, replacing the one served (promotion: the new
+        one loads beside it, then takes the new requests; those in flight finish on the old one);
+        {"adapters": {name: checkpoint}} serves those adapters of one base: new names load into free
+        slots beside the running rows, a name given another checkpoint switches to it once loaded,
+        names left out stop being served (their slots stay taken until a restart). Loading runs in a
+        thread: the replica keeps answering meanwhile."""
+        model_dir = user_config.get("model_dir")
+        if model_dir and model_dir != self.model_dir:
+            await asyncio.to_thread(self._load_model, str(model_dir))
         adapters = dict(user_config.get("adapters") or {})
-        if not adapters:
-            return
+        if adapters:
+            await asyncio.to_thread(self._load_adapters, adapters)
+
+    def _load_adapters(self, adapters: dict[str, str]) -> None:
         if self.engine is None:
             from fizzbot.infer.lora import engine_from_adapters
 
@@ -291,15 +310,28 @@ class FizzbotServer:
             logger.info("fizzbot replica ready: adapters %s", ", ".join(adapters))
             return
         for name, folder in adapters.items():
+            if self.folders.get(name) == str(folder):
+                continue
+            rules = self._read_rules(folder)
             if name not in self.engine.adapter_index:
-                self.rules[name] = self._read_rules(folder)
+                self.rules[name] = rules
                 self.engine.add_adapter(name, folder)
-                self.folders[name] = str(folder)
                 logger.info("adapter %s added: %s", name, folder)
+            else:  # another checkpoint for a served name: load it aside, then switch the name to it
+                aside = f"{name}@{uuid.uuid4().hex[:8]}"
+                self.engine.add_adapter(aside, folder)
+                self.rules[name] = rules
+                self.engine.adapter_index[name] = self.engine.adapter_index.pop(aside)
+                logger.info("adapter %s now serves %s", name, folder)
+            self.folders[name] = str(folder)
         for name in [n for n in self.engine.adapters if n not in adapters]:
             del self.engine.adapter_index[name]
             self.folders.pop(name, None)
             logger.info("adapter %s no longer served", name)
+
+    def settings(self) -> dict:
+        """What this application was built with and what it serves (for `swap_model`, through a handle)."""
+        return {"config": self.cfg.model_dump(mode="json"), "model_dir": self.model_dir, "adapters": dict(self.folders)}
 
     def _read_rules(self, folder: str) -> ChatRules:
         from fizzbot.artifacts.checkpoint import fetch_checkpoint
@@ -723,12 +755,9 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_e
         runtime_env["env_vars"] = env_vars
     if runtime_env:
         actor["runtime_env"] = runtime_env
-    if s.adapters:
-        # The adapters travel as Serve's user_config, not as constructor arguments: changing them
-        # reconfigures the running replicas instead of replacing them.
-        options_config = cfg.model_copy(update={"serve": s.model_copy(update={"adapters": {}})}).model_dump(mode="json")
-    else:
-        options_config = cfg.model_dump(mode="json")
+    # The models (one checkpoint, or adapters) travel as Serve's user_config, not as constructor
+    # arguments: changing them reconfigures the running replicas in place instead of replacing them.
+    options_config = cfg.model_copy(update={"serve": s.model_copy(update={"adapters": {}, "model_dir": None})}).model_dump(mode="json")
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         # Serve's own queue stays out of the way: the replica answers 503 itself, at once.
@@ -740,17 +769,18 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_e
         options["autoscaling_config"] = s.autoscaling.model_dump()
     else:
         options["num_replicas"] = s.num_replicas
-    model_dir = None if s.adapters else (model_dir or resolve_model_dir(cfg))
     if s.adapters:
         options["user_config"] = {"adapters": resolve_adapters(cfg)}
+    else:
+        options["user_config"] = {"model_dir": model_dir or resolve_model_dir(cfg)}
     deployment = FizzbotServer.options(**options)
     # Serve gives a deployment run from Python a random code version, so every `serve.run` replaces
     # its replicas; a version that follows what a replica is built from instead lets a run that only
     # changes the user_config (the adapters) reconfigure the running replicas in place (as `serve
     # deploy` of a config file does). Ray 2.60 took `version` out of options(): the attribute remains.
-    built_from = json.dumps([options_config, model_dir, actor, options["max_ongoing_requests"]], sort_keys=True, default=str)
+    built_from = json.dumps([options_config, actor, options["max_ongoing_requests"]], sort_keys=True, default=str)
     deployment._version = hashlib.sha1(built_from.encode()).hexdigest()[:16]
-    return deployment.bind(options_config, model_dir)
+    return deployment.bind(options_config)
 
 
 class AppArgs(BaseModel):
@@ -787,3 +817,35 @@ def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str =
         logger.warning("Serve already listens on port %s on this cluster: serve.port=%s is not used", http.port, cfg.serve.port)
     host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
     return f"http://{host}:{http.port}{route_prefix.rstrip('/')}"
+
+
+def swap_model(app: str, model_dir: str, timeout_s: float = 600.0) -> dict:
+    """Point the running Serve application `app` at another checkpoint (`fizzbot update`'s promotion).
+
+    The application is deployed again from the settings it runs with (read from a replica), with only
+    `serve.model_dir` changed: only its user_config differs, so Serve reconfigures the running replicas
+    in place. Each loads the new checkpoint beside the old one and switches to it; requests in flight
+    finish on the old one, and none is refused. Returns once every replica serves the new checkpoint.
+    """
+    from ray.serve.context import _get_global_client
+
+    from fizzbot.ray_utils import ensure_ray
+
+    ensure_ray()
+    started = time.monotonic()
+    details = _get_global_client().get_serve_details().get("applications", {})
+    if app not in details:
+        raise ValueError(f"update.serve_app={app}: no such Serve application on this Ray cluster (running: {', '.join(details) or 'none'})")
+    handle = serve.get_app_handle(app)
+    running = handle.settings.remote().result()
+    cfg = FizzbotConfig.model_validate(running["config"])
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_dir": str(model_dir), "adapters": {}})})
+    serve.run(build_deployment(cfg), name=app, route_prefix=details[app].get("route_prefix") or "/", blocking=False)
+    replicas = max(1, cfg.serve.num_replicas if cfg.serve.autoscaling is None else cfg.serve.autoscaling.max_replicas)
+    while time.monotonic() - started < timeout_s:
+        # Asked a few times per replica: every one that answers must serve the new checkpoint.
+        served = {handle.settings.remote().result()["model_dir"] for _ in range(3 * replicas)}
+        if served == {str(model_dir)}:
+            return {"app": app, "model_dir": str(model_dir), "seconds": round(time.monotonic() - started, 1)}
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve application {app} did not switch to {model_dir} within {timeout_s:.0f}s")
