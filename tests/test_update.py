@@ -132,3 +132,64 @@ def test_update_of_inputs_the_model_has_seen_says_so(first_model):
     cfg = load_config(None, [f"run.dir={root / 'runs-none'}", "update.max_steps=2"])
     with pytest.raises(InputError, match="no new messages"):
         run_update(cfg, old, [str(root / "part1")], use_ray=False)
+
+
+@pytest.mark.slow
+def test_promotion_swaps_the_served_model_while_requests_keep_being_answered(first_model, ray_local, tmp_path):
+    """The endpoint serves the first model; `fizzbot update ... update.serve_app=APP` promotes the new
+    one into it while clients keep asking: every request is answered, and afterwards the endpoint
+    serves the new checkpoint (with the newcomer's own token)."""
+    import shutil
+    import socket
+    import threading
+
+    import requests
+    from ray import serve
+
+    from fizzbot.pipeline import wait_healthy
+    from fizzbot.serve.app import run_server
+    from fizzbot.update import run_update
+
+    root, old = first_model["root"], Path(first_model["checkpoint"])
+    runs = tmp_path / "runs"
+    shutil.copytree(old.parent, runs / old.parent.relative_to(root / "runs"))
+    shutil.copy2(old.parent.parent / ".fizzbot", runs / old.parent.parent.name / ".fizzbot")
+    old_here = runs / old.relative_to(root / "runs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = run_server(load_config(None, [f"serve.model_dir={old_here}", f"serve.port={port}", "generate.device=cpu"]),
+                     name="promoted", route_prefix="/promoted")
+    wait_healthy(url)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def ask_forever() -> None:
+        body = {"context": [{"username": "pixelpaws", "content": "anyone around?"}], "max_new_tokens": 8, "seed": 1}
+        while not stop.is_set():
+            try:
+                statuses.append(requests.post(f"{url}/v1/generate", json=body, timeout=120).status_code)
+            except requests.RequestException:
+                statuses.append(-1)
+
+    clients = [threading.Thread(target=ask_forever, daemon=True) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        cfg = load_config(None, [f"run.dir={runs}", "update.max_steps=30", "update.learning_rate=2e-3", "update.serve_app=promoted"])
+        result = run_update(cfg, old_here, [str(root / "part2")], use_ray=False)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=150)
+    try:
+        assert result.promoted, result.report["reason"]
+        assert result.report["serve"]["model_dir"] == str(Path(result.new_checkpoint).resolve())
+        assert len(statuses) > 5 and set(statuses) == {200}, statuses
+        models = requests.get(f"{url}/v1/models", timeout=30).json()["data"]
+        assert models[0]["root"] == str(Path(result.new_checkpoint).resolve())
+        answer = requests.post(f"{url}/v1/generate", json={"context": [], "speaker": "zz_newbie", "max_new_tokens": 8}, timeout=60).json()
+        new_token = SpeakerMap.load(Path(result.new_checkpoint) / "speaker_map.json").lookup("zz_newbie")
+        assert answer["messages"][0]["speaker"] == new_token  # its own token now, not the old model's guest token
+    finally:
+        serve.delete("promoted")
