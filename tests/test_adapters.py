@@ -90,13 +90,15 @@ def test_one_app_serves_both_communities_chosen_by_model(app, two_adapters):
         assert response.status_code == 200, response.text
         said = {m["username"] for m in response.json()["messages"]}
         assert said and said <= names | {"(others)"}
-    # A name only community a knows is unknown to community b.
+    # A name only community a knows is one of a's own speakers there, and a newcomer to community b
+    # (its guest token: the request succeeds, and b's answer can only name b's people or the newcomer).
     only_a = sorted({s.username for s in speaker_map(two_adapters["a"]).speakers} - {s.username for s in speaker_map(two_adapters["b"]).speakers})
     assert only_a
-    chat = {"messages": [{"role": "user", "name": only_a[0], "content": "hey"}], "max_tokens": 8, "seed": 2}
-    assert requests.post(url + "/v1/chat/completions", json={**chat, "model": "a"}, timeout=120).status_code == 200
-    refused = requests.post(url + "/v1/chat/completions", json={**chat, "model": "b"}, timeout=120)
-    assert refused.status_code == 400 and "unknown speaker" in refused.json()["error"]["message"]
+    forced = {"context": [{"username": only_a[0], "content": "hey"}], "speaker": only_a[0], "max_new_tokens": 8, "seed": 2}
+    in_a = requests.post(url + "/v1/generate", json={**forced, "model": "a"}, timeout=120).json()["messages"][0]
+    in_b = requests.post(url + "/v1/generate", json={**forced, "model": "b"}, timeout=120).json()["messages"][0]
+    assert in_a["speaker"] == speaker_map(two_adapters["a"]).lookup(only_a[0])
+    assert in_b["speaker"] == speaker_map(two_adapters["b"]).other_token and in_b["username"] == only_a[0]
     missing = requests.post(url + "/v1/completions", json={"model": "c", "prompt": "x"}, timeout=60)
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
 

@@ -75,7 +75,7 @@ def test_training_rows_and_served_prompts_are_trimmed_identically(engine, max_me
     rules = ChatRules(max_context_messages=max_messages, max_context_chars=max_chars, max_message_chars=max_message_chars)
     prompt = encode_conversation([{"username": who, "content": text} for who, text in said], smap, rules)
     assert prompt.text == row["context"]
-    engine.max_prompt_tokens = token_budget
+    engine.chat.max_prompt_tokens = token_budget  # the served prompt budget (serve.max_prompt_tokens)
     served, _ = engine.encode(prompt.text)
     assert served == trained
     assert len(served) <= token_budget
