@@ -73,7 +73,7 @@ def gpu_checkpoint(work: Path, speakers: int = 64, seed: int = 0, cpu: bool = Fa
 
     base = work / ("base-demo" if cpu else "base")
     if not cpu:
-        save_model(base)
+        base = save_model("qwen0.5b", "cuda")  # the Qwen2.5-0.5B shape of gpu_train.py, random bf16 weights
     elif not (base / "config.json").exists():
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(LlamaConfig(**DEMO_SHAPE)).save_pretrained(base)
