@@ -258,6 +258,21 @@ class ServeConfig(Section):
     max_n: int = Field(4, ge=1, description="Most completions per request (OpenAI `n`).")
     max_concurrent_requests: int = Field(32, ge=1, description="Requests decoded at once on a replica.")
     max_queued_requests: int = Field(64, ge=0, description="Requests waiting beyond those; more get 503.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024,
+        description="Largest request body; a larger one answers 413 without being read further.",
+    )
+    max_request_messages: int = Field(
+        1000, ge=1,
+        description="Longest list in a request (context messages, chat messages, prompts, stop strings); a longer "
+        "one answers 400 before anything is built from it. Contexts within it are still trimmed to the "
+        "checkpoint's own data.max_context_messages.",
+    )
+    max_request_chars: int = Field(
+        1_000_000, ge=1000,
+        description="Most characters of text in one request, all its strings together; more answers 400 before "
+        "any tokenisation.",
+    )
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
     unknown_speakers: Literal["guest", "reject"] = Field(
         "guest",

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fizzbot.chat.conversation import Prompt
 from fizzbot.config import FizzbotConfig, ServeConfig, load_config
+from fizzbot.serve import guard
 
 logger = logging.getLogger("fizzbot.serve")
 
@@ -112,6 +113,8 @@ class ChatBody(_OpenAIBody):
 # --- the application ---------------------------------------------------------------------------------
 
 api = FastAPI(title="fizzbot", description="Continue a group chat as its members would.", version="0.1.0")
+# The API key, body size and request size, checked before routing (fizzbot/serve/guard.py).
+guard.install(api)
 
 
 @api.exception_handler(APIError)
@@ -169,6 +172,7 @@ class FizzbotServer:
 
         self.cfg = FizzbotConfig.model_validate(config)
         self.limits: ServeConfig = self.cfg.serve
+        guard.configure(self.limits)
         g = self.cfg.generate
         self.model_dir = model_dir
         self.engine = engine_from_checkpoint(
@@ -197,8 +201,7 @@ class FizzbotServer:
         key = self.limits.api_key
         if not key:
             return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {key}":
+        if not guard.key_matches(request.headers.get("authorization"), key):
             raise APIError(401, "missing or wrong API key (send `Authorization: Bearer <key>`)", "authentication_error")
 
     def _admit(self, count: int) -> None:
