@@ -445,8 +445,9 @@ def disk_full(exc: OSError) -> str | None:
 
     if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
         _, destination, reason = exc.args[0][0]
-        if any(word in str(reason) for word in ("No space left", "Disk quota", "File too large")):
-            return f"could not write {destination}: {reason}"
+        for words in ("No space left on device", "Disk quota exceeded", "File too large"):
+            if words in str(reason):
+                return f"could not write {destination}: {words}"
         return None
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return f"could not write {exc.filename or 'a file'}: {exc.strerror}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from fizzbot.artifacts.io import atomic_write_text, is_partial
@@ -44,17 +45,35 @@ def read_manifest(folder: str | Path) -> dict | None:
 
 
 def is_complete(folder: str | Path) -> bool:
+    return incomplete_reason(folder) is None
+
+
+def incomplete_reason(folder: str | Path) -> str | None:
+    """Why a checkpoint folder is not complete (naming the file), or None when it is."""
     folder = Path(folder)
     if is_partial(folder):
-        return False
+        return "a partial folder, still being written or left by an interrupted write"
     manifest = read_manifest(folder)
     if manifest is None:
-        return False
+        return f"no {MANIFEST} (still being written, or interrupted before it was)"
     for name, size in manifest.get("files", {}).items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
+        if not path.is_file():
+            return f"{name} is missing (the manifest lists it)"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size:,} bytes, the manifest says {size:,} (cut short or changed)"
+    return None
+
+
+def check_loadable(folder: str | Path) -> None:
+    """Refuse a fizzbot checkpoint (a folder with a manifest) whose files disagree with its manifest:
+    loading it would load garbage. A model folder without a manifest (not written by fizzbot) passes."""
+    folder = Path(folder)
+    if read_manifest(folder) is None:
+        return
+    reason = incomplete_reason(folder)
+    if reason is not None:
+        raise ValueError(f"{folder}: not a complete checkpoint: {reason}; not loading it")
 
 
 def checkpoints_of(run_dir: str | Path) -> list[tuple[int, Path, dict]]:
@@ -65,8 +84,12 @@ def checkpoints_of(run_dir: str | Path) -> list[tuple[int, Path, dict]]:
         return found
     for child in run_dir.iterdir():
         match = CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and is_complete(child):
-            found.append((int(match.group(1)), child, read_manifest(child)))
+        if match and child.is_dir():
+            reason = incomplete_reason(child)
+            if reason is None:
+                found.append((int(match.group(1)), child, read_manifest(child)))
+            elif read_manifest(child) is not None:  # torn, not merely in progress: say so
+                print(f"[fizzbot] skipping {child}: {reason}", file=sys.stderr, flush=True)
     return sorted(found, key=lambda item: item[0])
 
 

@@ -22,6 +22,7 @@ def load_for_inference(model_dir: str | Path, *, device: torch.device, tokenizer
     folder = Path(model_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"model directory {folder} does not exist")
+    ckpt.check_loadable(folder)
     map_path = folder / ckpt.SPEAKER_MAP
     if not map_path.is_file():
         raise FileNotFoundError(f"{folder}: no speaker_map.json (is this a fizzbot checkpoint?)")

@@ -155,6 +155,9 @@ def resolve_model_dir(cfg: FizzbotConfig) -> str:
         path = Path(cfg.serve.model_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"serve.model_dir={cfg.serve.model_dir}: no such folder")
+        from fizzbot.artifacts.checkpoint import check_loadable
+
+        check_loadable(path)  # refused here, before a replica would fail on it over and over
         return str(path.resolve())
     from fizzbot.artifacts.checkpoint import find_latest
 
@@ -548,7 +551,7 @@ def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str =
     from fizzbot.ray_utils import ensure_ray
 
     ensure_ray()
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=guard.CONTROLLER_OPTIONS)
     serve.run(build_deployment(cfg), name=name, route_prefix=route_prefix, blocking=False)
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
     return f"http://{host}:{cfg.serve.port}{route_prefix.rstrip('/')}"

@@ -86,8 +86,17 @@ def check_content(body: Any, max_items: int, max_chars: int) -> None:
 
 def install(app) -> None:
     """The guard on a FastAPI app, and its error answers in the app's OpenAPI schema (so that a client,
-    or a fuzzer driven by the schema, knows every status a route may answer and the error shape)."""
+    or a fuzzer driven by the schema, knows every status a route may answer and the error shape). An
+    exception no route expected is a JSON 500 too, not Starlette's plain-text page."""
     app.add_middleware(RequestGuard)
+
+    async def unexpected(request, exc: Exception):
+        from fizzbot.serve.app import error_response, logger
+
+        logger.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+
+    app.add_exception_handler(Exception, unexpected)
     generate = app.openapi
 
     def openapi() -> dict:
@@ -220,4 +229,53 @@ async def _respond(refused: RefusedError, scope, receive, send) -> None:
         response.headers["WWW-Authenticate"] = "Bearer"
     if refused.status == 413:
         response.headers["Connection"] = "close"  # the rest of the body is not read
+    if refused.status == 503:
+        response.headers["Retry-After"] = "1"
     await response(scope, receive, send)
+
+
+# --- in Serve's HTTP proxy ------------------------------------------------------------------------------
+
+
+class ProxyErrors:
+    """An ASGI middleware for Serve's HTTP proxy (`proxy_middlewares`): a request whose replica died
+    before it answered (killed, out of memory) gets the API's JSON error, 503 with Retry-After (Serve
+    is bringing another replica up), where the proxy would answer a plain-text 500."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+        if not started:
+            refused = RefusedError(503, "the replica serving this request stopped before it answered (Serve is starting "
+                                   "another); retry", "server_error")
+            await _respond(refused, scope, receive, send)
+
+
+def proxy_middlewares() -> list:
+    """The proxy's middlewares: Serve calls this in each HTTP proxy it starts, named by the environment
+    variable of CONTROLLER_OPTIONS (`HTTPOptions.middlewares` is gone from Ray Serve)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ProxyErrors)]
+
+
+# `serve.start(controller_options=...)` (and `controller_options:` in a `serve run` config file): the
+# controller's environment, which the proxies it starts inherit.
+CONTROLLER_OPTIONS = {"runtime_env": {"env_vars": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "fizzbot.serve.guard:proxy_middlewares"}}}
