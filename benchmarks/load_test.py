@@ -15,7 +15,8 @@ What it does, in one run:
   * the load: `--clients` (default 24, above 16) HTTP client threads, each with its own
     requests.Session, in a closed loop: POST /v1/generate (a demo context of 1-4 messages, turns 1,
     max_new_tokens 16, seed i), the next as soon as the answer is in; after a 503 a client waits
-    `--backoff` (default 0.05 s) as a polite client does, so that refusals do not crowd out the work.
+    `--backoff` (default 0.5 s) before its next request, as a polite client does, so that refusals
+    do not crowd out the work (the suite's shortened form waits 0.05 s, to be quick).
     It stops after `--requests` (default 10,000) requests;
   * memory: the replica process's resident memory (psutil, by its `ray::ServeReplica:load:` title)
     sampled every 0.5 s; growth is the median of the last tenth of the samples against the median of
@@ -225,7 +226,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--admit", type=int, default=8, help="serve.max_concurrent_requests")
     parser.add_argument("--queue", type=int, default=8, help="serve.max_queued_requests")
-    parser.add_argument("--backoff", type=float, default=0.05)
+    parser.add_argument("--backoff", type=float, default=0.5, help="seconds a client waits after a 503")
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the figures here")
