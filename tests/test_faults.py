@@ -45,6 +45,17 @@ def processes_titled(prefix: str) -> list:
     return found
 
 
+def record(name: str, figures: dict) -> None:
+    """A fault's figures, printed, and kept in $FIZZBOT_RELIABILITY_OUT/faults.json when set (docs/RELIABILITY.md)."""
+    print(f"{name}: {json.dumps(figures)}")
+    out = os.environ.get("FIZZBOT_RELIABILITY_OUT")
+    if out:
+        path = Path(out) / "faults.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        found = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**found, name: figures}, indent=2) + "\n")
+
+
 def cli_env(**extra: str) -> dict:
     """The environment of a `fizzbot` command started by a test: this checkout's package, and a Ray of
     its own (RAY_ADDRESS=local: never a `ray start` head someone else left on this machine)."""
@@ -112,8 +123,11 @@ def test_a_killed_replica_is_replaced_and_in_flight_requests_get_a_json_error(ra
     assert not any(t.is_alive() for t in threads), "a request hung"
     during = [o for o in outcomes if killed_at - 30 < o[0] < recovered_at and o[1] != 200]
     after = [o for o in outcomes if o[0] > recovered_at]
-    print(f"replica killed: {Counter(o[1] for o in outcomes)}; failed around the kill: {len(during)}; "
-          f"recovered in {recovered_at - killed_at:.1f}s; after: {Counter(o[1] for o in after)}")
+    record("replica_killed", {
+        "clients": len(threads), "requests": len(outcomes), "statuses": dict(Counter(str(o[1]) for o in outcomes)),
+        "failed_around_the_kill": len(during), "healthy_again_s": round(recovered_at - killed_at, 1),
+        "after_recovery": dict(Counter(str(o[1]) for o in after)), "error_bodies": sorted({o[3][:120] for o in during}),
+    })
     for started, status, content_type, text in during:
         assert status in (500, 502, 503), (status, text)
         assert content_type.startswith("application/json"), (status, content_type, text)
@@ -165,7 +179,9 @@ def test_a_ray_data_worker_killed_during_prepare_is_retried_and_nothing_is_lost(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert killed, "no Ray Data worker was seen at work: make the corpus bigger"
-    print(f"killed {killed[0]!r}; prepare exited {proc.returncode}")
+    record("ray_data_worker_killed", {"killed": killed[0], "exit_status": proc.returncode,
+                                      "identical_to_an_undisturbed_run": proc.returncode == 0 and all(
+                                          (out / n).read_bytes() == (reference / n).read_bytes() for n in ("train.jsonl", "val.jsonl"))})
     if proc.returncode == 0:  # retried by Ray: the same data as a run nobody disturbed
         for name in ("train.jsonl", "val.jsonl", "speaker_map.json"):
             assert (out / name).read_bytes() == (reference / name).read_bytes(), name
@@ -227,7 +243,8 @@ def test_the_train_driver_killed_and_the_same_command_again_resumes(demo_prepare
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     starts = [m for m in metrics if m["kind"] == "start"]
     resumed = starts[-1]["resumed_from_step"]
-    print(f"driver killed with complete checkpoints {on_disk}; the second command resumed from step {resumed}")
+    record("train_driver_killed", {"complete_checkpoints_at_kill": on_disk, "resumed_from_step": resumed,
+                                   "final_step": json.loads((run_dir / ckpt.COMPLETED).read_text())["final_step"] if (run_dir / ckpt.COMPLETED).exists() else None})
     assert len(starts) == 2 and resumed in on_disk and resumed > 0
     assert json.loads((run_dir / ckpt.COMPLETED).read_text())["final_step"] == 24
 
@@ -281,13 +298,15 @@ def test_a_full_disk_while_writing_a_checkpoint(demo_prepared, tiny_checkpoint, 
     proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], env=cli_env(),
                           capture_output=True, text=True, timeout=600)
     error = error_line(proc.stderr, "fizzbot train: error: ")
-    print(f"tmpfs of {size_kb} KiB, checkpoints of {checkpoint_bytes / 1024:.0f} KiB: {error}")
+    record("disk_full", {"tmpfs_kib": size_kb, "checkpoint_kib": round(checkpoint_bytes / 1024), "exit_status": proc.returncode,
+                         "error": error.replace(str(runs), "<run.dir>")})
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
     assert error.startswith("fizzbot train: error: could not write ") and "No space left on device" in error, error
     (run_dir,) = list((after / "full").iterdir())
     folders = [p for p in run_dir.iterdir() if "checkpoint-" in p.name]
     complete = ckpt.checkpoints_of(run_dir)
+    record("disk_full_checkpoints", {"left": sorted(p.name for p in folders), "complete": [step for step, _, _ in complete]})
     assert len(complete) >= 1 and not (run_dir / ckpt.COMPLETED).exists()
     # Nothing that looks complete but is not: every checkpoint folder left is whole, no partial copy stays.
     assert sorted(folders) == sorted(path for _, path, _ in complete), [p.name for p in folders]
@@ -325,6 +344,7 @@ def test_a_truncated_weight_file_in_the_newest_checkpoint_is_skipped_or_refused(
     assert f"skipping {newest}: model.safetensors is" in latest.stderr and "the manifest says" in latest.stderr
     assert resolve_model_dir(load_config(None, [f"run.dir={tmp_path / 'runs'}"])) == str(older.resolve())
 
+    record("truncated_weights", {"latest_says": next(line for line in latest.stderr.splitlines() if "skipping" in line).replace(str(tmp_path), "<tmp>")})
     for args in (["generate", "--model-dir", str(newest), "--speaker", "pixelpaws", "--content", "hi"],
                  ["serve", f"serve.model_dir={newest}"]):
         refused = fizzbot(*args)

@@ -27,6 +27,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 APP = "guarded"
 STATUSES: collections.Counter = collections.Counter()
 TRIED: collections.Counter = collections.Counter()
+HUGE: dict[str, dict] = {}
 
 
 def free_port() -> int:
@@ -64,7 +65,8 @@ def guarded(ray_local, tiny_checkpoint):
     yield url
     serve.shutdown()
     out = os.environ.get("FIZZBOT_RELIABILITY_OUT")
-    summary = {"requests": sum(TRIED.values()), "by_operation": dict(TRIED), "statuses": dict(sorted(STATUSES.items()))}
+    summary = {"requests": sum(TRIED.values()), "by_operation": dict(TRIED), "statuses": {str(k): v for k, v in STATUSES.items()},
+               "huge": HUGE}
     print(f"\nfuzzing: {json.dumps(summary)}")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -160,6 +162,8 @@ def test_huge_contexts_get_400_before_anything_reads_them(guarded, route, body, 
     response = requests.post(guarded + route, data=data, headers={**AUTH, "Content-Type": "application/json"}, timeout=120)
     took = time.perf_counter() - started
     print(f"{route} {param}: {response.status_code} in {took:.2f}s")
+    HUGE[f"{route} {param}"] = {"bytes": len(data), "status": response.status_code, "seconds": round(took, 2),
+                                "replica_rss_growth_mb": round((replica_rss(APP) - before) / 2**20, 1)}
     assert response.status_code == 400, response.text[:300]
     error = error_of(response)
     assert error["param"] == param and ("serve.max_request" in error["message"]), error
