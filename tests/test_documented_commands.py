@@ -64,6 +64,8 @@ PLANS: dict[tuple[str, str], Plan] = {
     ("README.md", "python: from openai import OpenAI"): RUN,
     ("README.md", "curl -s localhost:8000/v1/generate -H 'content-type: application/json' -d '{\"context\": [{\"username\": "
                   "\"byteberry\", \"content\": \"how do I mock the search client?\"}], \"turns\": 3, \"seed\": 1}'"): RUN,
+    ("README.md", "ray get-auth-token --generate > /dev/null"): RUN,
+    ("README.md", "export RAY_AUTH_MODE=token"): Plan("run", "kept in the environment of the commands after it, as a shell keeps it"),
     ("README.md", "ray start --head"): RUN,
     ("README.md", "ray job submit --working-dir . -- python jobs/pipeline.py --config configs/demo.yaml"): SHORTENED,
     ("README.md", "ray job submit --working-dir . -- python jobs/prepare.py --config configs/demo.yaml"): RUN,
@@ -212,6 +214,7 @@ class Sandbox:
         self.home = root / "home"
         self.home.mkdir()
         self.holder: subprocess.Popen | None = None
+        self.exported: dict[str, str] = {}
         self.init_pid = 0
         self.log: list[dict] = []
 
@@ -239,7 +242,14 @@ class Sandbox:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "FIZZBOT_", "PYTEST_"))}
         # `ray start` and the job's `python` come from the environment fizzbot is installed in (the
         # README: an activated .venv); the clone's package is the one imported.
-        return {**keep, "HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{keep.get('PATH', '')}", "PYTHONPATH": str(self.clone)}
+        return {**keep, "HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{keep.get('PATH', '')}", "PYTHONPATH": str(self.clone),
+                **self.exported}
+
+    def export(self, shell: str) -> None:
+        """`export NAME=value`: the variable stays set for every later command, as in one shell."""
+        name, _, value = shell.removeprefix("export ").partition("=")
+        self.exported[name] = value
+        self.log.append({"command": shell, "rc": 0, "seconds": 0.0})
 
     def command(self, shell: str) -> list[str]:
         return ["nsenter", "--target", str(self.init_pid), "--user", "--mount", "--net", "--pid", "--preserve-credentials",
@@ -377,6 +387,11 @@ def submitted(sandbox: Sandbox, command: str, timeout: float = 600) -> subproces
 @pytest.mark.slow
 def test_ray_jobs_on_a_started_head_as_written(sandbox):
     readme = "README.md"
+    # When the stages above ran first, their `ray.init()` left a token in this HOME: the case the
+    # first two lines of the README's block are for (without them `ray job submit` fails with
+    # InvalidAuthToken); alone, this test shows they work on a fresh HOME too.
+    ok(sandbox.run(as_run(readme, "ray get-auth-token --generate > /dev/null")))
+    sandbox.export(as_run(readme, "export RAY_AUTH_MODE=token"))
     ok(sandbox.run(as_run(readme, "ray start --head"), timeout=180))
     # data/ is git-ignored, so the upload leaves it out: the pipeline job makes the demo corpus in its
     # working directory (Ray's copy of the upload), where the demo config's relative paths resolve.

@@ -76,8 +76,16 @@ def test_a_killed_replica_is_replaced_and_in_flight_requests_get_a_json_error(ra
     port = free_port()
     cfg = load_config(None, [f"serve.model_dir={tiny_checkpoint}", f"serve.port={port}", "generate.device=cpu",
                              "serve.max_concurrent_requests=4", "serve.max_queued_requests=4"])
+    serve.shutdown()  # a Serve an earlier test left would keep its own port: ours must apply
     url = run_server(cfg, name="faulty")
-    wait_healthy(url)
+    try:
+        wait_healthy(url)
+        check_replica_kill(url)
+    finally:
+        serve.delete("faulty")  # its replica holds a CPU of the session's Ray: later tests need it back
+
+
+def check_replica_kill(url: str) -> None:
     body = {"context": [], "turns": 2, "max_new_tokens": 48, "eos_stop": False, "seed": 0}
     outcomes: list[tuple[float, int, str]] = []
     stop = threading.Event()
@@ -133,7 +141,6 @@ def test_a_killed_replica_is_replaced_and_in_flight_requests_get_a_json_error(ra
         assert content_type.startswith("application/json"), (status, content_type, text)
         assert set(json.loads(text)) == {"error"}, text
     assert after and all(o[1] == 200 for o in after), Counter(o[1] for o in after)
-    serve.delete("faulty")
 
 
 # --- a Ray Data worker killed during `fizzbot prepare` -----------------------------------------------------

@@ -35,6 +35,7 @@ def test_the_endpoint_holds_more_load_than_it_admits(ray_local, tiny_checkpoint)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    serve.shutdown()  # a Serve an earlier test left would keep its own port: ours must apply
     url = load.serve_for_load(tiny_checkpoint, admit=4, queue=4, port=port)
     names = [s.username for s in SpeakerMap.load(tiny_checkpoint / "speaker_map.json").speakers]
     try:

@@ -60,6 +60,7 @@ def guarded(ray_local, tiny_checkpoint):
         f"serve.model_dir={tiny_checkpoint}", f"serve.port={port}", f"serve.api_key={KEY}", "generate.device=cpu",
         "serve.max_new_tokens=16", "serve.max_turns=2", "serve.max_n=2", "serve.max_prompt_tokens=256",
     ])
+    serve.shutdown()  # a Serve an earlier test left would keep its own port: ours must apply
     url = run_server(cfg, name=APP)
     wait_healthy(url)
     yield url

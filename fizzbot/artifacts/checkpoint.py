@@ -48,8 +48,9 @@ def is_complete(folder: str | Path) -> bool:
     return incomplete_reason(folder) is None
 
 
-def incomplete_reason(folder: str | Path) -> str | None:
-    """Why a checkpoint folder is not complete (naming the file), or None when it is."""
+def incomplete_reason(folder: str | Path, only=lambda name: True) -> str | None:
+    """Why a checkpoint folder is not complete (naming the file), or None when it is; `only` picks the
+    manifest's files that count."""
     folder = Path(folder)
     if is_partial(folder):
         return "a partial folder, still being written or left by an interrupted write"
@@ -57,6 +58,8 @@ def incomplete_reason(folder: str | Path) -> str | None:
     if manifest is None:
         return f"no {MANIFEST} (still being written, or interrupted before it was)"
     for name, size in manifest.get("files", {}).items():
+        if not only(name):
+            continue
         path = folder / name
         if not path.is_file():
             return f"{name} is missing (the manifest lists it)"
@@ -65,13 +68,17 @@ def incomplete_reason(folder: str | Path) -> str | None:
     return None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
 def check_loadable(folder: str | Path) -> None:
-    """Refuse a fizzbot checkpoint (a folder with a manifest) whose files disagree with its manifest:
-    loading it would load garbage. A model folder without a manifest (not written by fizzbot) passes."""
+    """Refuse a fizzbot checkpoint (a folder with a manifest) whose weight files disagree with its
+    manifest: loading it would load garbage. (Its other files may be edited by hand, a speaker map
+    say; a model folder without a manifest, not written by fizzbot, passes.)"""
     folder = Path(folder)
     if read_manifest(folder) is None:
         return
-    reason = incomplete_reason(folder)
+    reason = incomplete_reason(folder, only=lambda name: name.endswith(WEIGHT_SUFFIXES))
     if reason is not None:
         raise ValueError(f"{folder}: not a complete checkpoint: {reason}; not loading it")
 
