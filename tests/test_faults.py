@@ -212,7 +212,7 @@ def test_the_train_driver_killed_and_the_same_command_again_resumes(demo_prepare
 
     runs = tmp_path / "runs"
     command = [sys.executable, "-m", "fizzbot.cli", "train", *TINY_OVERRIDES, "model.method=full", f"data.path={demo_prepared}",
-               f"run.dir={runs}", "run.name=driver", "training.max_steps=24", "training.save_steps=4", "training.eval_steps=4",
+               f"run.dir={runs}", "run.name=driver", "training.max_steps=12", "training.save_steps=4", "training.eval_steps=4",
                "training.eval_max_batches=1", "training.log_steps=4", "training.keep_checkpoints=3"]
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(command, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -253,7 +253,7 @@ def test_the_train_driver_killed_and_the_same_command_again_resumes(demo_prepare
     record("train_driver_killed", {"complete_checkpoints_at_kill": on_disk, "resumed_from_step": resumed,
                                    "final_step": json.loads((run_dir / ckpt.COMPLETED).read_text())["final_step"] if (run_dir / ckpt.COMPLETED).exists() else None})
     assert len(starts) == 2 and resumed in on_disk and resumed > 0
-    assert json.loads((run_dir / ckpt.COMPLETED).read_text())["final_step"] == 24
+    assert json.loads((run_dir / ckpt.COMPLETED).read_text())["final_step"] == 12
 
 
 def _title(proc) -> str:
