@@ -163,7 +163,7 @@ def test_huge_contexts_get_400_before_anything_reads_them(guarded, route, body, 
     response = requests.post(guarded + route, data=data, headers={**AUTH, "Content-Type": "application/json"}, timeout=120)
     took = time.perf_counter() - started
     print(f"{route} {param}: {response.status_code} in {took:.2f}s")
-    HUGE[f"{route} {param}"] = {"bytes": len(data), "status": response.status_code, "seconds": round(took, 2),
+    HUGE[f"{route} {param} ({len(data):,} bytes)"] = {"bytes": len(data), "status": response.status_code, "seconds": round(took, 2),
                                 "replica_rss_growth_mb": round((replica_rss(APP) - before) / 2**20, 1)}
     assert response.status_code == 400, response.text[:300]
     error = error_of(response)
