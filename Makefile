@@ -18,7 +18,7 @@ DOCKER_TTY := $(shell [ -t 0 ] && echo -it)
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast gen-training-data local-smoke test-latest serve submit cluster-up cluster-down \
         docker-build docker-build-cpu docker-train-gpu docker-train-cpu docker-smoke docker-smoke-cpu \
-        docker-train-gpu-build docker-train-cpu-build docker-smoke-build docker-smoke-cpu-build bench clean
+        docker-train-gpu-build docker-train-cpu-build docker-smoke-build docker-smoke-cpu-build bench reliability clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-24s %s\n", $$1, $$2}'
@@ -70,6 +70,11 @@ bench: install ## CPU benchmarks (figures in docs/BENCHMARKS.md)
 	$(BIN)/python benchmarks/prepare_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/serve_throughput.py
+
+reliability: install ## the full load test (10,000 requests) and the fault, fuzz and documented-command tests; figures into docs/reliability/ (docs/RELIABILITY.md)
+	$(BIN)/python benchmarks/load_test.py --requests 10000 --json docs/reliability/load.json
+	FIZZBOT_FUZZ_EXAMPLES=300 FIZZBOT_LOAD_REQUESTS=3000 FIZZBOT_RELIABILITY_OUT=docs/reliability $(BIN)/pytest -q -s \
+	  tests/test_reliability_api.py tests/test_faults.py tests/test_load.py tests/test_documented_commands.py
 
 docker-build: ## build the GPU image (CUDA base)
 	docker build -t $(IMAGE):gpu -f Dockerfile --build-arg VARIANT=gpu --build-arg TORCH_PIN="$(TORCH_PIN)" .

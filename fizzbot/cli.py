@@ -518,16 +518,47 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    return report_errors(f"fizzbot {args.command}", lambda: args.func(args))
+
+
+def report_errors(command: str, call) -> int:
+    """Run `call()`; what a user can fix (bad input or config, a missing file, a full disk) is one line
+    on stderr and exit status 2, not a traceback. Used by the CLI and by the Ray job entrypoints."""
     try:
-        return args.func(args)
+        return call()
     except (ConfigError, InputError, FileNotFoundError, KeyError, ValueError) as exc:
         if isinstance(exc, KeyError):
             exc = exc.args[0] if exc.args else exc
-        print(f"fizzbot {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"{command}: error: {full}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fizzbot {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
+
+
+def disk_full(exc: OSError) -> str | None:
+    """The one-line story of a write that ran out of room (no space, quota, file-size limit), else None.
+
+    shutil.copytree gathers its failures into one shutil.Error of (source, destination, reason) rows.
+    """
+    import errno
+    import shutil
+
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        _, destination, reason = exc.args[0][0]
+        for words in ("No space left on device", "Disk quota exceeded", "File too large"):
+            if words in str(reason):
+                return f"could not write {destination}: {words}"
+        return None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"could not write {exc.filename or 'a file'}: {exc.strerror}"
+    return None
 
 
 if __name__ == "__main__":

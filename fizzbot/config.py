@@ -469,6 +469,21 @@ class ServeConfig(Section):
     stream_interval_s: float = Field(
         0.02, ge=0, description="Least time between two server-sent events of a stream (the text made meanwhile goes as one event)."
     )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024,
+        description="Largest request body; a larger one answers 413 without being read further.",
+    )
+    max_request_messages: int = Field(
+        1000, ge=1,
+        description="Longest list in a request (context messages, chat messages, prompts, stop strings); a longer "
+        "one answers 400 before anything is built from it. Contexts within it are still trimmed to the "
+        "checkpoint's own data.max_context_messages.",
+    )
+    max_request_chars: int = Field(
+        1_000_000, ge=1000,
+        description="Most characters of text in one request, all its strings together; more answers 400 before "
+        "any tokenisation.",
+    )
     log_content: bool = Field(False, description="Write message content to logs (off: only sizes and timings).")
     unknown_speakers: Literal["guest", "reject"] = Field(
         "guest",

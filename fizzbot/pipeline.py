@@ -53,6 +53,21 @@ def ask(url: str, cfg: FizzbotConfig, speaker: str, content: str, turns: int, se
     return [{"username": speaker, "content": content}] + response.json()["messages"]
 
 
+DEMO_CORPUS = Path("data/demo-corpus")
+
+
+def make_missing_demo_corpus(cfg: FizzbotConfig) -> None:
+    """The demo config works as written anywhere, a submitted job's working directory included: the
+    demo corpus it reads (`data/demo-corpus`, git-ignored, so never uploaded with `--working-dir`) is
+    written there when it is missing. Any other missing input stays an error."""
+    from fizzbot.data.demo import write_demo_corpus
+
+    for path in cfg.data.inputs:
+        if Path(path) == DEMO_CORPUS and not Path(path).exists():
+            stage(f"demo corpus -> {Path(path).absolute()} (data.inputs names it and it is not there)")
+            write_demo_corpus(path, seed=cfg.data.seed)
+
+
 def run_pipeline(cfg: FizzbotConfig, *, deploy: bool = True, question: tuple[str, str] | None = None, turns: int = 6) -> PipelineResult:
     from fizzbot.data.pipeline import prepare
     from fizzbot.ray_utils import ensure_ray
@@ -60,6 +75,7 @@ def run_pipeline(cfg: FizzbotConfig, *, deploy: bool = True, question: tuple[str
 
     seconds: dict[str, float] = {}
     ensure_ray()
+    make_missing_demo_corpus(cfg)
 
     stage(f"prepare: {', '.join(cfg.data.inputs)} -> {cfg.data.output} (Ray Data)")
     started = time.perf_counter()

@@ -26,4 +26,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from _common import run_job
+
+    raise SystemExit(run_job(main))

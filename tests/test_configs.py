@@ -50,6 +50,12 @@ def test_the_serve_app_file_points_at_a_fizzbot_config_that_loads():
     cfg = load_config(REPO / args.config, args.overrides)  # relative to the repo root, where `serve run` runs
     assert cfg.serve.host == app_file["http_options"]["host"]
     assert cfg.serve.port == app_file["http_options"]["port"]
+    # Ray's own schema of the file takes it, the proxy's JSON errors for a dead replica included.
+    from ray.serve.schema import ServeDeploySchema
+
+    from fizzbot.serve.guard import CONTROLLER_OPTIONS
+
+    assert ServeDeploySchema.model_validate(app_file).controller_options.runtime_env == CONTROLLER_OPTIONS["runtime_env"]
 
 
 def test_an_unknown_key_in_a_file_is_refused_with_a_did_you_mean(tmp_path):

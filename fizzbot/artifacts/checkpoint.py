@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from fizzbot.artifacts import storage
@@ -68,13 +69,40 @@ def read_manifest(folder: str | Path) -> dict | None:
 
 def is_complete(folder: str | Path) -> bool:
     """A manifest whose files are all there with their sizes (local folder or URI)."""
+    return incomplete_reason(folder) is None
+
+
+def incomplete_reason(folder: str | Path, only=lambda name: True) -> str | None:
+    """Why a checkpoint folder (local or a URI) is not complete, naming the file, or None when it is;
+    `only` picks the manifest's files that count."""
     if not storage.is_uri(folder) and is_partial(folder):
-        return False
+        return "a partial folder, still being written or left by an interrupted write"
     manifest = read_manifest(folder)
     if manifest is None:
-        return False
+        return f"no {MANIFEST} (still being written, or interrupted before it was)"
     present = storage.file_sizes(folder)
-    return all(present.get(name) == size for name, size in manifest.get("files", {}).items())
+    for name, size in manifest.get("files", {}).items():
+        if not only(name):
+            continue
+        if name not in present:
+            return f"{name} is missing (the manifest lists it)"
+        if present[name] != size:
+            return f"{name} is {present[name]:,} bytes, the manifest says {size:,} (cut short or changed)"
+    return None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def check_loadable(folder: str | Path) -> None:
+    """Refuse a fizzbot checkpoint (a folder with a manifest) whose weight files disagree with its
+    manifest: loading it would load garbage. (Its other files may be edited by hand, a speaker map
+    say; a model folder without a manifest, not written by fizzbot, passes.)"""
+    if read_manifest(folder) is None:
+        return
+    reason = incomplete_reason(folder, only=lambda name: name.endswith(WEIGHT_SUFFIXES))
+    if reason is not None:
+        raise ValueError(f"{folder}: not a complete checkpoint: {reason}; not loading it")
 
 
 def checkpoints_of(run_dir: str | Path) -> list[tuple[int, str | Path, dict]]:
@@ -85,8 +113,11 @@ def checkpoints_of(run_dir: str | Path) -> list[tuple[int, str | Path, dict]]:
         if not match:
             continue
         child = storage.join(run_dir, name)
-        if is_complete(child):
+        reason = incomplete_reason(child)
+        if reason is None:
             found.append((int(match.group(1)), child, read_manifest(child)))
+        elif read_manifest(child) is not None:  # torn, not merely in progress: say so
+            print(f"[fizzbot] skipping {child}: {reason}", file=sys.stderr, flush=True)
     return sorted(found, key=lambda item: item[0])
 
 

@@ -23,6 +23,7 @@ def load_chat_tokens(model_dir: str | Path, tokenizer_model: str | None = None):
     folder = ckpt.fetch_checkpoint(model_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"model directory {folder} does not exist")
+    ckpt.check_loadable(folder)
     map_path = folder / ckpt.SPEAKER_MAP
     if not map_path.is_file():
         raise FileNotFoundError(f"{folder}: no speaker_map.json (is this a fizzbot checkpoint?)")

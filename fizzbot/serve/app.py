@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fizzbot.chat.conversation import ChatRules, Prompt
 from fizzbot.config import FizzbotConfig, ServeConfig, load_config
+from fizzbot.serve import guard
 
 logger = logging.getLogger("fizzbot.serve")
 
@@ -116,6 +117,8 @@ class ChatBody(_OpenAIBody):
 # --- the application ---------------------------------------------------------------------------------
 
 api = FastAPI(title="fizzbot", description="Continue a group chat as its members would.", version="0.1.0")
+# The API key, body size and request size, checked before routing (fizzbot/serve/guard.py).
+guard.install(api)
 
 
 @api.exception_handler(APIError)
@@ -165,6 +168,7 @@ def resolve_model_dir(cfg: FizzbotConfig) -> str:
         path = Path(cfg.serve.model_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"serve.model_dir={cfg.serve.model_dir}: no such folder")
+        ckpt.check_loadable(path)  # refused here, before a replica would fail on it over and over
         return str(path.resolve())
     latest = ckpt.find_latest(cfg.run.dir)
     return latest if storage.is_uri(latest) else str(Path(latest).resolve())
@@ -235,6 +239,7 @@ class FizzbotServer:
     def __init__(self, config: dict, model_dir: str | None = None):
         self.cfg = FizzbotConfig.model_validate(config)
         self.limits: ServeConfig = self.cfg.serve
+        guard.configure(self.limits)
         self.model_dir: str | None = None
         self.engine = None
         self.rules: dict[str | None, ChatRules] = {}  # each model's own context rules, by adapter (None: the one model)
@@ -360,8 +365,7 @@ class FizzbotServer:
         key = self.limits.api_key
         if not key:
             return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {key}":
+        if not guard.key_matches(request.headers.get("authorization"), key):
             raise APIError(401, "missing or wrong API key (send `Authorization: Bearer <key>`)", "authentication_error")
 
     def _admit(self, count: int) -> None:
@@ -806,7 +810,7 @@ def run_server(cfg: FizzbotConfig, *, name: str = "fizzbot", route_prefix: str =
     from fizzbot.ray_utils import ensure_ray
 
     ensure_ray()
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=guard.CONTROLLER_OPTIONS)
     serve.run(build_deployment(cfg, runtime_env=runtime_env), name=name, route_prefix=route_prefix, blocking=False)
     # The proxy that answers is the one Serve started first on this cluster: its address, not the
     # config's, is where this application is (a second app with another serve.port shares it).

@@ -184,7 +184,12 @@ class LocalSession(Session):
         shutil.rmtree(partial, ignore_errors=True)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(folder, partial)
+        try:
+            shutil.copytree(folder, partial)
+        except BaseException:
+            # A full disk, say: nothing half-copied is left to take the space (earlier checkpoints stay).
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         os.replace(partial, target)
         found = ckpt.checkpoints_of(self.run_dir)
         latest = found[-1][1] if found else None
