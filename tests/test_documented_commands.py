@@ -76,6 +76,26 @@ PLANS: dict[tuple[str, str], Plan] = {
                   "--config configs/train_gpu_qlora.yaml 'data.inputs=[\"/mnt/shared/exports\"]' "
                   "data.output=/mnt/shared/prepared run.dir=/mnt/shared/runs training.wait_for_gpus=true"):
         Plan("skip", "needs the AWS cluster's GPU workers and its /mnt/shared; tests/test_jobs.py submits the same job with absolute paths"),
+    ("README.md", "fizzbot bot --config configs/bot_irc.yaml bot.irc.host=127.0.0.1 bot.irc.port=6667 bot.irc.tls=false "
+                  "'bot.channels=[\"#demo\"]' bot.log_dir=data/channel-logs"):
+        Plan("skip", "a bot that runs until an owner stops it, on an IRC server: tests/test_bot.py runs this command against a "
+                     "real IRC server (miniircd) and a real endpoint, and stops it with the owner's command"),
+    ("README.md", "fizzbot update --latest --input data/channel-logs update.serve_app=fizzbot"):
+        Plan("skip", "needs the channel logs the bot wrote: tests/test_update.py runs the same update and its promotion "
+                     "into a running app while clients keep asking"),
+    ("README.md", "fizzbot eval --latest"): RUN,
+    ("README.md", "ray job submit --working-dir . -- python jobs/eval.py --config configs/demo.yaml --latest"):
+        Plan("skip", "the evaluation above as a Ray job; it needs the demo's run under runs/demo (an hour of this suite's time "
+                     "with `make demo`): the job machinery itself runs with the jobs of \"Ray jobs and clusters\""),
+    ("README.md", "fizzbot serve --config configs/serve.yaml serve.adapters.ubuntu=runs/ubuntu/<stamp>/checkpoint-600 "
+                  "serve.adapters.gamers=runs/gamers/<stamp>/checkpoint-400"):
+        Plan("skip", "placeholders for two communities' LoRA checkpoints of one base: tests/test_adapters.py serves two "
+                     "adapters trained on two corpora through the same settings"),
+    ("README.md", "curl -s localhost:8000/v1/models"):
+        Plan("skip", "part of the two-adapter example above (tests/test_adapters.py checks /v1/models lists both)"),
+    ("README.md", "curl -s localhost:8000/v1/generate -d '{\"model\": \"gamers\", \"context\": [...]}' -H "
+                  "'content-type: application/json'"):
+        Plan("skip", "part of the two-adapter example above (`[...]` is a placeholder; tests/test_adapters.py picks adapters by `model`)"),
     ("cluster.yaml", "ray up -y cluster.yaml"): AWS,
     ("cluster.yaml", "ray rsync-up cluster.yaml ./my-exports/ /mnt/shared/exports/"): AWS,
     ("cluster.yaml", "ray dashboard cluster.yaml"): AWS,
