@@ -151,6 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     force, forced_guest = speaker_to_force(args.next_speaker, smap, rules) if args.next_speaker else (None, None)
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens or g.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
         temperature=g.temperature if args.temperature is None else args.temperature,
         top_p=args.top_p or g.top_p,
         top_k=g.top_k,
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-file", help="earlier messages: JSON list or JSON lines of {username, content}, or raw text")
     p.add_argument("--turns", type=int, help="messages to generate (default generate.turns)")
     p.add_argument("--max-new-tokens", type=int, help="token budget per message (default generate.max_new_tokens)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="no message ends before this many tokens (default 0)")
     p.add_argument("--temperature", type=float, help="0 is greedy (default generate.temperature)")
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default generate.top_p)")
     p.add_argument("--repetition-penalty", type=float, help="(default generate.repetition_penalty)")

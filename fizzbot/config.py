@@ -542,6 +542,10 @@ class BotConfig(Section):
     ignore_nicks: list[str] = Field(default_factory=list, description="Other bots: never answered, and left out of the context.")
     persona_format: str = Field("[{username}] {content}", description="How an answer is posted; {username} is the persona, {content} the text.")
     max_new_tokens: int = Field(64, ge=1)
+    min_new_tokens: int = Field(
+        1, ge=0, description="An answer has at least this many tokens: a young model that would end its message at once "
+        "still says something (the endpoint's min_new_tokens)."
+    )
     temperature: float | None = Field(None, ge=0.0, description="Sampling temperature; unset: the server's default.")
     request_timeout_s: float = Field(60.0, gt=0, description="How long to wait for the endpoint.")
     log_dir: str | None = Field(

@@ -633,7 +633,8 @@ def test_readme_job_and_fizzbot_commands_name_real_files():
     assert len(submits) >= 5
     for argv in submits:
         check_job_command(after_double_dash(argv))
-    lines = [line.split(" #")[0] for line in code.splitlines() if line.startswith("fizzbot ")]
+    joined = re.sub(r"\\\n\s*", " ", code)  # a command continued over lines with a backslash is one command
+    lines = [line.split(" #")[0] for line in joined.splitlines() if line.startswith("fizzbot ")]
     examples = [line for line in lines if not re.search(r"[\[(<]", line)]
     assert len(examples) >= 5  # the usage synopses ([--flag], (a | b), <name>) are not commands
     for line in examples:

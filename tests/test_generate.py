@@ -115,6 +115,25 @@ def test_max_new_tokens_closes_the_message_and_reports_length(engine):
     assert "length" in lengths  # an untrained-enough model runs into the budget at least once
 
 
+def test_min_new_tokens_keeps_every_message_from_ending_early(engine):
+    """<EOT> (and EOS) are masked until a turn has its least number of tokens; the budget still wins."""
+    prompt = prompt_for(engine, (0, "hello"))
+    for seed in range(6):
+        result = run(engine, prompt, turns=3, seed=seed, min_new_tokens=4, max_new_tokens=12)
+        assert len(split_messages(result.text)) == 3, result.text
+        assert result.completion_tokens >= 3 * (1 + 4 + 1), result.text  # speaker, at least 4 tokens, <EOT>
+    # Where <EOT> is all the model wants, the sampler still writes min_new_tokens of text.
+    from fizzbot.infer.sampling import MESSAGE
+
+    logits = torch.zeros(1, engine.vocab)
+    logits[0, engine.chat.eot_id] = 100.0
+    index = torch.tensor([0])
+    eager = one_row(engine, MESSAGE, temperature=0.0, min_new_tokens=2)
+    first, second, third = (eager.sample(logits, index).item() for _ in range(3))
+    assert first != engine.chat.eot_id and second != engine.chat.eot_id and third == engine.chat.eot_id
+    assert one_row(engine, MESSAGE, temperature=0.0).sample(logits, index).item() == engine.chat.eot_id
+
+
 def test_stop_strings_cut_the_text(engine):
     result = run(engine, prompt_for(engine, (0, "hi")), turns=4, seed=2, stop=("\n",))
     assert "\n" not in result.text

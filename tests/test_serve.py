@@ -86,6 +86,11 @@ def test_generate_returns_raw_and_decoded_messages(server):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
     raw_context = post(server, "/v1/generate", {"context": "<S0> hey all <EOT>\n", "turns": 1, "seed": 4})
     assert raw_context.status_code == 200 and len(raw_context.json()["messages"]) == 1
+    # min_new_tokens: no message ends sooner (what the bot asks for, so that it never posts nothing).
+    for seed in range(4):
+        long = post(server, "/v1/generate", {"context": [], "turns": 2, "seed": seed, "min_new_tokens": 5, "max_new_tokens": 8}).json()
+        assert len(long["messages"]) == 2 and all(m["content"].strip() for m in long["messages"]), long
+        assert long["usage"]["completion_tokens"] >= 2 * (1 + 5 + 1), long
 
 
 def test_forced_and_forbidden_speakers_over_http(server):
@@ -256,6 +261,7 @@ def test_api_key_required_everywhere_but_healthz(server):
         ("/v1/generate", {"context": [], "forbid_speakers": ["<S99>"]}, 400, "forbid_speakers"),
         ("/v1/generate", {"context": [], "turns": 50}, 400, "turns"),
         ("/v1/generate", {"context": [], "max_new_tokens": 10_000}, 400, "max_new_tokens"),
+        ("/v1/generate", {"context": [], "max_new_tokens": 4, "min_new_tokens": 5}, 400, "min_new_tokens"),
         ("/v1/completions", {"prompt": "<S0> hi <EOT>\n", "n": 9}, 400, "n"),
         ("/v1/completions", {"prompt": "<S0> " + "word " * 600 + "<EOT>\n"}, 400, "prompt"),
         ("/v1/completions", {}, 422, "prompt"),

@@ -224,7 +224,8 @@ class BotCore:
 
     async def _answer(self, channel: str, state: ChannelState) -> Reply | None:
         cfg = self.cfg
-        body: dict = {"context": list(state.messages), "turns": 1, "max_new_tokens": cfg.max_new_tokens}
+        body: dict = {"context": list(state.messages), "turns": 1, "max_new_tokens": cfg.max_new_tokens,
+                      "min_new_tokens": min(cfg.min_new_tokens, cfg.max_new_tokens)}
         if cfg.model:
             body["model"] = cfg.model
         if cfg.speak_as:
@@ -240,7 +241,8 @@ class BotCore:
             logger.warning("no answer for %s: %s", channel, exc)
             return None
         messages = [m for m in answer.get("messages", []) if m.get("content", "").strip()]
-        if not messages:
+        if not messages:  # whitespace only, or bot.min_new_tokens=0 and an empty message
+            logger.info("the model's answer for %s was empty: nothing posted", channel)
             return None
         persona, content = messages[0]["username"], messages[0]["content"].strip()
         state.messages.append({"username": persona, "content": content})

@@ -10,7 +10,8 @@ captured in a CUDA graph with the forward pass. The host reads one small [slots,
 
 A step, per row:
 1. grammar: speaker tokens only at a turn start (minus forbidden speakers), none inside a message;
-   no EOS there when `eos_stop` is off;
+   no EOS there when `eos_stop` is off; no <EOT> or EOS before a turn has `min_new_tokens` (vLLM's
+   `min_tokens`, per turn: a bot that must say something never gets an empty message);
 2. repetition penalty (inside messages), temperature;
 3. top-k / top-p over the 256 most probable tokens. A nucleus that does not fit in them (a very
    flat distribution) is sampled from the whole distribution instead: within 1 - top_p of the
@@ -35,8 +36,8 @@ FINISH_REASONS = {STOP: "stop", LENGTH: "length", EOS: "eos"}
 
 # Columns of SlotState.ints.
 (PHASE, TURNS_DONE, TURNS, TURN_TOKENS, MAX_NEW, NL_LEFT, NL_LEN, FORCE_EOT, FORCE_SPK, FINISH, LENGTH_PENDING,
- EOS_OK, EOS_ID, EOT_ID, GENERATED, PROMPT_LEN, LIMIT, KEY, DRAWS, VOCAB) = range(20)
-INT_COLUMNS = 20
+ EOS_OK, EOS_ID, EOT_ID, GENERATED, PROMPT_LEN, LIMIT, KEY, DRAWS, VOCAB, MIN_NEW) = range(21)
+INT_COLUMNS = 21
 TEMPERATURE, TOP_P, PENALTY, TOP_K = range(4)
 FLOAT_COLUMNS = 4
 NUCLEUS_CANDIDATES = 256
@@ -46,6 +47,7 @@ MAX_NEWLINE_IDS = 4
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 64  # per turn
+    min_new_tokens: int = 0  # per turn: <EOT> and EOS are masked until a message has this many tokens
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 0
@@ -130,6 +132,7 @@ class SlotState:
         self.out = torch.full((rows, 2), -1, dtype=torch.int64, device=device)  # appended token (or -1), finish code
         self.candidates = min(NUCLEUS_CANDIDATES, vocab)
         self._arange_candidates = torch.arange(self.candidates, device=device)
+        self._arange_vocab = torch.arange(vocab, device=device)
         self.vocabs: list = []
         # One row per chat vocabulary (adapter), allocated once: a captured graph keeps these tensors.
         self._capacity = max(1, max_vocabs, len(vocabs))
@@ -177,6 +180,7 @@ class SlotState:
             ints[i, LIMIT] = limit
             ints[i, KEY] = seed_key(p.seed)
             ints[i, VOCAB] = vocab_index
+            ints[i, MIN_NEW] = min(p.min_new_tokens, p.max_new_tokens)
             floats[i, TEMPERATURE] = p.temperature
             floats[i, TOP_P] = p.top_p
             floats[i, PENALTY] = p.repetition_penalty
@@ -219,6 +223,11 @@ class SlotState:
         penalty = torch.where(in_message, floats[:, PENALTY], torch.ones_like(floats[:, PENALTY]))[:, None]
         seen = self.seen.index_select(0, idx)
         logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+        # Too short to end: neither <EOT> nor EOS while the message is under its minimum.
+        too_short = in_message & (column[TURN_TOKENS] < column[MIN_NEW])
+        vocab_ids = self._arange_vocab[None, :]
+        ends = (vocab_ids == column[EOT_ID][:, None]) | (vocab_ids == column[EOS_ID][:, None])
+        allowed = allowed & ~(too_short[:, None] & ends)
         logits = logits.masked_fill(~allowed, float("-inf"))
         greedy = logits.argmax(dim=-1)
         temperature = floats[:, TEMPERATURE]
@@ -264,7 +273,7 @@ class SlotState:
         updated = torch.stack([
             new_phase, turns_done, column[TURNS], turn_tokens, column[MAX_NEW], new_nl, column[NL_LEN], new_force_eot.long(),
             force_spk, finish, length_pending.long(), column[EOS_OK], column[EOS_ID], eot, generated, column[PROMPT_LEN],
-            column[LIMIT], column[KEY], column[DRAWS] + running.long(), column[VOCAB],
+            column[LIMIT], column[KEY], column[DRAWS] + running.long(), column[VOCAB], column[MIN_NEW],
         ], dim=1)
         appended = torch.where(append, token, torch.full_like(token, -1))
         result = torch.stack([appended, torch.where(running, finish, torch.full_like(finish, -1))], dim=1)

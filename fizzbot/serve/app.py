@@ -63,6 +63,7 @@ class GenerateBody(_Body):
     model: str | None = Field(None, description="The adapter (community) that answers; default the server's first.")
     context: list[ContextMessage] | str = Field(default_factory=list, description="Messages, or raw text with speaker tokens.")
     max_new_tokens: int | None = Field(None, ge=1)
+    min_new_tokens: int = Field(0, ge=0, description="No message ends before this many tokens (vLLM's min_tokens, per turn).")
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
@@ -84,6 +85,7 @@ class _OpenAIBody(_Body):
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: no message ends before this many tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
@@ -400,7 +402,7 @@ class FizzbotServer:
             raise APIError(400, str(exc.args[0]), param="forbid_speakers") from None
 
     def _sampling(self, *, max_new_tokens, temperature, top_p, repetition_penalty, turns, seed, eos_stop=True, force=None, forbidden=(),
-                  stop=(), top_k=None):
+                  stop=(), top_k=None, min_new_tokens=0, min_param="min_new_tokens"):
         from fizzbot.infer.engine import SamplingParams
 
         g, lim = self.cfg.generate, self.limits
@@ -408,8 +410,12 @@ class FizzbotServer:
             raise APIError(400, f"max_new_tokens {max_new_tokens} is over this server's limit of {lim.max_new_tokens}", param="max_new_tokens")
         if turns is not None and turns > lim.max_turns:
             raise APIError(400, f"turns {turns} is over this server's limit of {lim.max_turns}", param="turns")
+        budget = max_new_tokens or g.max_new_tokens
+        if min_new_tokens > budget:
+            raise APIError(400, f"the least number of tokens ({min_new_tokens}) is over the most ({budget})", param=min_param)
         return SamplingParams(
-            max_new_tokens=max_new_tokens or g.max_new_tokens,
+            max_new_tokens=budget,
+            min_new_tokens=min_new_tokens,
             temperature=g.temperature if temperature is None else temperature,
             top_p=g.top_p if top_p is None else top_p,
             top_k=g.top_k if top_k is None else top_k,
@@ -597,7 +603,7 @@ class FizzbotServer:
         params = self._sampling(
             max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
             repetition_penalty=body.repetition_penalty, turns=body.turns or self.cfg.generate.turns, seed=body.seed,
-            eos_stop=body.eos_stop, force=force, forbidden=forbidden,
+            eos_stop=body.eos_stop, force=force, forbidden=forbidden, min_new_tokens=body.min_new_tokens,
         )
         self._admit(1)
         result = await self._run(prompt.text, params, adapter)
@@ -628,7 +634,8 @@ class FizzbotServer:
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=body.turns, seed=seed, stop=body.stops)
+                                  repetition_penalty=body.repetition_penalty, turns=body.turns, seed=seed, stop=body.stops,
+                                  min_new_tokens=body.min_tokens, min_param="min_tokens")
 
         if body.stream:
             params = params_for(0)
@@ -685,7 +692,8 @@ class FizzbotServer:
         def params_for(i: int):
             seed = None if body.seed is None else body.seed + i
             return self._sampling(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, force=force, stop=body.stops)
+                                  repetition_penalty=body.repetition_penalty, turns=1, seed=seed, force=force, stop=body.stops,
+                                  min_new_tokens=body.min_tokens, min_param="min_tokens")
 
         def message_of(text: str) -> tuple[str | None, str]:
             decoded = decode(text, smap, names, forced_guest)
