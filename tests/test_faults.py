@@ -201,10 +201,17 @@ def test_a_ray_data_worker_killed_during_prepare_is_retried_and_nothing_is_lost(
 # --- the `fizzbot train` driver killed, then the same command again -------------------------------------------
 
 
+def run_folders(run_root: Path) -> list[Path]:
+    """The runs under `run.dir/<name>` (not the `.fizzbot` marker that says fizzbot wrote the folder)."""
+    if not run_root.is_dir():
+        return []
+    return sorted(p for p in run_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def complete_steps(run_root: Path) -> list[int]:
     from fizzbot.artifacts import checkpoint as ckpt
 
-    return sorted(step for run in run_root.glob("*") for step, _, _ in ckpt.checkpoints_of(run))
+    return sorted(step for run in run_folders(run_root) for step, _, _ in ckpt.checkpoints_of(run))
 
 
 def test_the_train_driver_killed_and_the_same_command_again_resumes(demo_prepared, tmp_path):
@@ -240,13 +247,13 @@ def test_the_train_driver_killed_and_the_same_command_again_resumes(demo_prepare
         if _group_alive(first.pid):
             os.killpg(first.pid, signal.SIGKILL)
     assert not leftover, f"processes of the killed driver's Ray still running: {leftover}"
-    (run_dir,) = list((runs / "driver").iterdir())
+    (run_dir,) = run_folders(runs / "driver")
     assert on_disk and not (run_dir / ckpt.COMPLETED).exists()
 
     second = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     assert f"resuming run {runs.resolve()}/driver/{run_dir.name}" in second.stderr
-    assert list((runs / "driver").iterdir()) == [run_dir]
+    assert run_folders(runs / "driver") == [run_dir]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     starts = [m for m in metrics if m["kind"] == "start"]
     resumed = starts[-1]["resumed_from_step"]
@@ -310,7 +317,7 @@ def test_a_full_disk_while_writing_a_checkpoint(demo_prepared, tiny_checkpoint, 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
     assert error.startswith("fizzbot train: error: could not write ") and "No space left on device" in error, error
-    (run_dir,) = list((after / "full").iterdir())
+    (run_dir,) = run_folders(after / "full")
     folders = [p for p in run_dir.iterdir() if "checkpoint-" in p.name]
     complete = ckpt.checkpoints_of(run_dir)
     record("disk_full_checkpoints", {"left": sorted(p.name for p in folders), "complete": [step for step, _, _ in complete]})
