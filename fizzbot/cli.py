@@ -186,6 +186,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         (result,) = engine.generate([Request(prompt.text, dataclasses.replace(params, seed=seed))])
         answer = decode(result.text, smap, prompt.speaker_names(smap, forced_guest), forced_guest)
         print(result.text if args.raw else format_lines(answer), flush=True)
+        if len(answer) < params.turns and result.finish_reason in ("eos", "length"):
+            why = ("the model wrote its end-of-sequence token (--no-eos-stop goes on past it)" if result.finish_reason == "eos"
+                   else "the context window is full")
+            print(f"fizzbot generate: {len(answer)} of {params.turns} messages: {why}", file=sys.stderr, flush=True)
         messages.extend({"speaker": m.token, "content": m.content} for m in answer)
 
     if not args.interactive:

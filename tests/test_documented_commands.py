@@ -353,8 +353,15 @@ def test_the_pipeline_stage_by_stage_as_written(sandbox):
     out = ok(sandbox.run(as_run(readme, "fizzbot train --config configs/train_cpu.yaml data.path=data/prepared"), timeout=600))
     assert "trained to step 4" in out
     out = ok(sandbox.run(as_run(readme, 'fizzbot generate --latest --speaker pixelpaws --content "hey everyone" --turns 4')))
-    lines = [line for line in out.splitlines() if re.match(r"^[\w().-]+: ", line)]
-    assert len(lines) >= 4, out[-2000:]
+    # Four messages, one `name: text` line each, unless the 4-step model wrote its end-of-sequence
+    # token first: then the command says how many it gives.
+    from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap
+
+    smap = SpeakerMap.from_json(json.loads((sandbox.clone / "data/prepared/speaker_map.json").read_text()))
+    names = [s.username for s in smap.speakers] + [OTHERS_NAME]
+    lines = [line for line in out.splitlines() if any(line.startswith(f"{name}: ") for name in names)]
+    cut_short = re.search(r"fizzbot generate: (\d) of 4 messages: ", out)
+    assert len(lines) >= 4 or (cut_short and len(lines) >= int(cut_short.group(1)) >= 1), out[-2000:]
 
     # `fizzbot serve` in the foreground, as a user runs it; the README's Python snippet and the
     # RayService header's curl ask it; Ctrl-C (SIGINT) ends it.
@@ -370,7 +377,8 @@ def test_the_pipeline_stage_by_stage_as_written(sandbox):
         ok(sandbox.run("python -", stdin=snippet + "\nprint('NAME', reply.choices[0].message.name)\n"))
         curl = next(c for source, c in documented_commands(sandbox.clone) if source == readme and c.startswith("curl "))
         answer = json.loads(ok(sandbox.run(as_run(readme, curl))))
-        assert len(answer["messages"]) == 3 and all(m["username"] for m in answer["messages"]), answer
+        assert all(m["username"] for m in answer["messages"]), answer
+        assert len(answer["messages"]) == 3 or (1 <= len(answer["messages"]) < 3 and answer["finish_reason"] == "eos"), answer
         models = json.loads(ok(sandbox.run(as_run("k8s/rayservice.yaml", "curl -s 127.0.0.1:8000/v1/models"))))
         assert models["data"][0]["id"] == "fizzbot"
     finally:

@@ -470,6 +470,22 @@ def test_incomplete_checkpoint_folders_are_never_the_latest(tmp_path):
         ckpt.find_latest(tmp_path / "runs", "demo")
 
 
+def test_pruning_keeps_the_best_by_validation_loss_and_the_latest(tmp_path):
+    """What Ray Train's checkpoint manager never recorded (written just before an attempt died) is
+    pruned by the same rule after the run: the `keep` best by val_loss, and the latest whatever its loss."""
+    run = tmp_path / "run"
+    for step, loss in ((4, 2.0), (8, 1.0), (12, 3.0), (16, 1.5), (20, 2.5)):
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        ckpt.write_manifest(folder, {"step": step, "val_loss": loss})
+    (run / "checkpoint-24").mkdir()  # incomplete: neither counted nor touched
+    removed = ckpt.prune(run, keep=2)
+    assert sorted(p.name for p in removed) == ["checkpoint-12", "checkpoint-4"]
+    assert steps_of(run) == [8, 16, 20] and (run / "checkpoint-24").is_dir()
+    assert ckpt.prune(run, keep=2) == []
+
+
 def test_a_time_budget_ends_the_run_early_evaluated_saved_and_complete(prepared, tmp_path):
     # 0.1 s of training: the first step is past the budget, whatever the machine's speed.
     cfg = tiny_config(prepared, tmp_path / "runs", "run.name=clock", "training.max_steps=100000", "training.max_minutes=0.0015",

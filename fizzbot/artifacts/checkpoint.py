@@ -12,6 +12,7 @@ folder or under a URI (`storage`); `fetch_checkpoint` brings a remote checkpoint
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -130,6 +131,21 @@ def best_checkpoint(run_dir: str | Path) -> str | Path | None:
     if scored:
         return min(scored, key=lambda item: (item[0], -item[1]))[2]
     return found[-1][1]
+
+
+def prune(run_dir: str | Path, keep: int) -> list[str | Path]:
+    """Delete the complete checkpoints of a run beyond the `keep` best by validation loss, never the
+    latest; returns what it deleted. Ray Train prunes the checkpoints it recorded; this also catches
+    those an attempt that died wrote before Ray recorded them."""
+    found = checkpoints_of(run_dir)
+    if not found:
+        return []
+    latest = found[-1][1]
+    scored = sorted(found, key=lambda f: (f[2].get("val_loss", math.inf), -f[0]))
+    removed = [path for _, path, _ in scored[keep:] if path != latest]
+    for path in removed:
+        storage.remove_dir(path)
+    return removed
 
 
 def run_dirs(runs_root: str | Path, name: str | None = None) -> list[str | Path]:

@@ -107,6 +107,12 @@ def list_dirs(path: str | Path) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def remove_dir(path: str | Path) -> None:
+    """Delete the folder `path` and everything in it (local or in a bucket)."""
+    fs, where = filesystem(path)
+    fs.delete_dir(where)
+
+
 def file_sizes(path: str | Path) -> dict[str, int]:
     """Every file under the folder `path`, by path relative to it, with its size in bytes."""
     import pyarrow.fs as pafs

@@ -191,12 +191,7 @@ class LocalSession(Session):
             shutil.rmtree(partial, ignore_errors=True)
             raise
         os.replace(partial, target)
-        found = ckpt.checkpoints_of(self.run_dir)
-        latest = found[-1][1] if found else None
-        scored = sorted(found, key=lambda f: (f[2].get("val_loss", math.inf), -f[0]))
-        for _, path, _ in scored[self.keep :]:
-            if path != latest:
-                shutil.rmtree(path, ignore_errors=True)
+        ckpt.prune(self.run_dir, self.keep)
 
 
 class _NoProgress:

@@ -199,6 +199,10 @@ def train(cfg: FizzbotConfig, *, use_ray: bool = True) -> TrainResult:
     )
     if use_ray:
         final = _fit_with_ray(cfg, job, data, run)
+        # Ray Train prunes the checkpoints it recorded; one that an attempt wrote just before it died, before
+        # Ray recorded it, would stay beyond training.keep_checkpoints for good.
+        for path in ckpt.prune(run.location, cfg.training.keep_checkpoints):
+            _log(f"removed {path} (beyond training.keep_checkpoints)")
     else:
         final = _fit_locally(cfg, job, data, run_dir)
 
