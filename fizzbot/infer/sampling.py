@@ -132,7 +132,6 @@ class SlotState:
         self.out = torch.full((rows, 2), -1, dtype=torch.int64, device=device)  # appended token (or -1), finish code
         self.candidates = min(NUCLEUS_CANDIDATES, vocab)
         self._arange_candidates = torch.arange(self.candidates, device=device)
-        self._arange_vocab = torch.arange(vocab, device=device)
         self.vocabs: list = []
         # One row per chat vocabulary (adapter), allocated once: a captured graph keeps these tensors.
         self._capacity = max(1, max_vocabs, len(vocabs))
@@ -224,10 +223,11 @@ class SlotState:
         seen = self.seen.index_select(0, idx)
         logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
         # Too short to end: neither <EOT> nor EOS while the message is under its minimum.
+        # (Two scattered writes per row, not a [rows, vocab] comparison; no EOS id: <EOT> twice.)
         too_short = in_message & (column[TURN_TOKENS] < column[MIN_NEW])
-        vocab_ids = self._arange_vocab[None, :]
-        ends = (vocab_ids == column[EOT_ID][:, None]) | (vocab_ids == column[EOS_ID][:, None])
-        allowed = allowed & ~(too_short[:, None] & ends)
+        rows = torch.arange(idx.shape[0], device=idx.device)
+        for end in (column[EOT_ID], torch.where(column[EOS_ID] >= 0, column[EOS_ID], column[EOT_ID])):
+            allowed[rows, end] = allowed[rows, end] & ~too_short
         logits = logits.masked_fill(~allowed, float("-inf"))
         greedy = logits.argmax(dim=-1)
         temperature = floats[:, TEMPERATURE]
