@@ -100,8 +100,13 @@ def comment_commands(text: str, program: str) -> list[list[str]]:
     return shell_commands("\n".join(lines), program)
 
 
+def join_continued_lines(text: str) -> str:
+    """A command continued over lines with a backslash, as one line."""
+    return re.sub(r"\\\n\s*", " ", text)
+
+
 def shell_commands(text: str, program: str) -> list[list[str]]:
-    joined = re.sub(r"\\\n\s*", " ", text)
+    joined = join_continued_lines(text)
     commands = []
     for line in joined.splitlines():
         line = line.strip()
@@ -582,7 +587,7 @@ def test_makefile_docker_targets_run_real_subcommands_and_configs():
             "docker-smoke-cpu"} <= set(recipes)
     runs = 0
     for target, recipe in recipes.items():
-        recipe = re.sub(r"\\\n\s*", " ", recipe)
+        recipe = join_continued_lines(recipe)
         for line in recipe.splitlines():
             if line.startswith("docker run"):
                 assert "/workspace" in line and "-w /workspace" in line, target
@@ -633,8 +638,7 @@ def test_readme_job_and_fizzbot_commands_name_real_files():
     assert len(submits) >= 5
     for argv in submits:
         check_job_command(after_double_dash(argv))
-    joined = re.sub(r"\\\n\s*", " ", code)  # a command continued over lines with a backslash is one command
-    lines = [line.split(" #")[0] for line in joined.splitlines() if line.startswith("fizzbot ")]
+    lines = [line.split(" #")[0] for line in join_continued_lines(code).splitlines() if line.startswith("fizzbot ")]
     examples = [line for line in lines if not re.search(r"[\[(<]", line)]
     assert len(examples) >= 5  # the usage synopses ([--flag], (a | b), <name>) are not commands
     for line in examples:
