@@ -177,7 +177,7 @@ def test_serve_from_the_bucket(cloud_run):
         wait_healthy(url)
         models = requests.get(f"{url}/v1/models", timeout=10).json()
         assert models["data"][0]["root"] == cloud_run["result"].best_checkpoint  # served from the bucket
-        response = requests.post(f"{url}/v1/generate", json={"context": [], "turns": 2, "seed": 1}, timeout=120)
+        response = requests.post(f"{url}/v1/generate", json={"context": [], "turns": 2, "seed": 1, "eos_stop": False}, timeout=120)
         assert response.status_code == 200, response.text
         assert len(response.json()["messages"]) == 2
         # The replica fetched the checkpoint into the (forwarded) cache, checked against its manifest.

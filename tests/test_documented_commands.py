@@ -378,7 +378,7 @@ def test_the_pipeline_stage_by_stage_as_written(sandbox):
         curl = next(c for source, c in documented_commands(sandbox.clone) if source == readme and c.startswith("curl "))
         answer = json.loads(ok(sandbox.run(as_run(readme, curl))))
         assert all(m["username"] for m in answer["messages"]), answer
-        assert len(answer["messages"]) == 3 or (1 <= len(answer["messages"]) < 3 and answer["finish_reason"] == "eos"), answer
+        assert_turns_or_early_eos(answer, 3)
         models = json.loads(ok(sandbox.run(as_run("k8s/rayservice.yaml", "curl -s 127.0.0.1:8000/v1/models"))))
         assert models["data"][0]["id"] == "fizzbot"
     finally:
@@ -398,6 +398,13 @@ def test_the_pipeline_stage_by_stage_as_written(sandbox):
     ok(sandbox.run(as_run(readme, "fizzbot prepare --input exports/ --output data/prepared 'data.exclude_speakers=[\"alice\", \"1234567890\"]'")))
     stats = json.loads((sandbox.clone / "data/prepared/stats.json").read_text())
     assert stats["excluded"]["unmatched"] == ["1234567890", "alice"]
+
+
+def assert_turns_or_early_eos(answer: dict, turns: int) -> None:
+    """A documented request asks for `turns` messages with the model's EOS left on (as a user would):
+    a young test model may end the conversation sooner, which the answer must then say."""
+    count = len(answer["messages"])
+    assert count == turns or (1 <= count < turns and answer["finish_reason"] == "eos"), answer
 
 
 # --- Ray jobs on a `ray start --head` -------------------------------------------------------------------
@@ -443,4 +450,4 @@ def test_ray_jobs_on_a_started_head_as_written(sandbox):
     assert "fizzbot is serving at http://127.0.0.1:8000" in out
     answer = sandbox.run("curl -s -X POST 127.0.0.1:8000/v1/generate -H 'Content-Type: application/json' "
                          "-d '{\"context\": [{\"username\": \"pixelpaws\", \"content\": \"hey\"}], \"turns\": 2}'")
-    assert len(json.loads(answer.stdout)["messages"]) == 2, answer.stdout
+    assert_turns_or_early_eos(json.loads(answer.stdout), 2)

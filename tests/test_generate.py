@@ -61,7 +61,7 @@ def test_encode_defuses_typed_special_tokens_and_checks_names():
 
 
 def test_turns_produce_well_formed_messages(engine):
-    result = run(engine, prompt_for(engine, (0, "hey everyone")), turns=3, seed=1, max_new_tokens=30)
+    result = run(engine, prompt_for(engine, (0, "hey everyone")), turns=3, seed=1, max_new_tokens=30, eos_stop=False)
     # Turns are joined by the newline the engine adds after each <EOT>.
     messages = result.text.split("<EOT>\n")
     assert len(messages) == 3

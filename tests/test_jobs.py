@@ -125,5 +125,5 @@ def test_pipeline_job_on_a_started_head(ray_head, tmp_path):
     # The Serve application outlives the job that deployed it.
     url = f"http://127.0.0.1:{serve_port}"
     assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
-    answer = requests.post(f"{url}/v1/generate", json={"context": [{"username": "pixelpaws", "content": "hey"}], "turns": 2, "seed": 0}, timeout=120)
+    answer = requests.post(f"{url}/v1/generate", json={"context": [{"username": "pixelpaws", "content": "hey"}], "turns": 2, "seed": 0, "eos_stop": False}, timeout=120)
     assert answer.status_code == 200 and len(answer.json()["messages"]) == 2

@@ -76,7 +76,7 @@ def test_healthz_and_models(server):
 
 def test_generate_returns_raw_and_decoded_messages(server):
     names = server["names"]
-    response = post(server, "/v1/generate", {"context": [{"username": names[0], "content": "hey all"}], "turns": 3, "seed": 4})
+    response = post(server, "/v1/generate", {"context": [{"username": names[0], "content": "hey all"}], "turns": 3, "seed": 4, "eos_stop": False})
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["messages"]) == 3
@@ -84,11 +84,11 @@ def test_generate_returns_raw_and_decoded_messages(server):
     assert body["raw"].count("<EOT>") == 3
     usage = body["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
-    raw_context = post(server, "/v1/generate", {"context": "<S0> hey all <EOT>\n", "turns": 1, "seed": 4})
+    raw_context = post(server, "/v1/generate", {"context": "<S0> hey all <EOT>\n", "turns": 1, "seed": 4, "eos_stop": False})
     assert raw_context.status_code == 200 and len(raw_context.json()["messages"]) == 1
     # min_new_tokens: no message ends sooner (what the bot asks for, so that it never posts nothing).
     for seed in range(4):
-        long = post(server, "/v1/generate", {"context": [], "turns": 2, "seed": seed, "min_new_tokens": 5, "max_new_tokens": 8}).json()
+        long = post(server, "/v1/generate", {"context": [], "turns": 2, "seed": seed, "min_new_tokens": 5, "max_new_tokens": 8, "eos_stop": False}).json()
         assert len(long["messages"]) == 2 and all(m["content"].strip() for m in long["messages"]), long
         assert long["usage"]["completion_tokens"] >= 2 * (1 + 5 + 1), long
 
