@@ -53,6 +53,10 @@ DEFAULT_GRID = [
     {"name": "lr2e-3", "overrides": DATA + ["training.learning_rate=2e-3"]},
     {"name": "lr5e-4", "overrides": DATA + ["training.learning_rate=5e-4"]},
     {"name": "batch16", "overrides": DATA + ["training.batch_size=16", "training.grad_accum_steps=1"]},
+    # The loss on every message of a window, not only its last (training.train_on_context): ~6x the
+    # supervised tokens, speaker tokens included, for the same forward passes.
+    {"name": "context-loss", "overrides": DATA + ["training.train_on_context=true"]},
+    {"name": "context-loss-speakers128", "overrides": DATA + ["training.train_on_context=true", "data.max_speakers=128"]},
     {"name": "small-context6-lr2e-3", "overrides": DATA + [
         "model.tiny.hidden_size=192", "model.tiny.intermediate_size=512", "data.max_context_messages=6",
         "data.max_context_chars=800", "training.max_seq_len=256", "training.learning_rate=2e-3"]},

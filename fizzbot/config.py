@@ -281,6 +281,12 @@ class TrainingConfig(Section):
         description="Liger-Kernel's fused RMSNorm, RoPE, SwiGLU and linear + cross-entropy over the target positions "
         "(GPU, `pip install fizzbot[gpu]`); without a GPU or Liger the plain path runs, with one log line.",
     )
+    train_on_context: bool = Field(
+        False,
+        description="Put the loss on every message of a training row, its context as well as its target (Axolotl's "
+        "train_on_inputs): each window then teaches every message in it, with the messages before it as context, for "
+        "the same forward pass. Validation, the saved best checkpoint and `fizzbot eval` still score targets only.",
+    )
     packing: bool = Field(
         False,
         description="Pack whole rows into sequences of pack_length tokens (attention kept within each row) and "
@@ -457,6 +463,12 @@ class ServeConfig(Section):
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    routes_on_replica_loop: bool = Field(
+        True,
+        description="Run the routes on the replica's own event loop (Ray Serve's RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0) "
+        "instead of a second loop in another thread: one thread hop less per request, in and out. Safe here because the "
+        "engine decodes in its own thread and no route blocks; false restores Serve's default.",
+    )
     max_prompt_tokens: int = Field(1024, ge=8)
     max_new_tokens: int = Field(256, ge=1)
     max_turns: int = Field(8, ge=1)

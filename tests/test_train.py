@@ -202,6 +202,32 @@ def test_labels_mask_exactly_the_context_and_padding(prepared, tokenizer):
     assert batch.target_tokens == int(sum((batch.labels != IGNORE_INDEX).sum(dim=1)))
 
 
+def test_train_on_context_labels_every_message_of_a_row_padded_or_packed(prepared, tokenizer):
+    from fizzbot.train.data import collate_packed
+
+    contexts, targets = read_rows(prepared / "val.jsonl")
+    rows = RowTokenizer(tokenizer, 512, speaker_ids(tokenizer, prepared))(contexts[:48], targets[:48])
+    speakers = set(speaker_ids(tokenizer, prepared))
+    padded = collate(rows, np.arange(len(rows)), tokenizer.pad_token_id, train_on_context=True)
+    for r in range(len(rows)):
+        ids, n = rows.row(r).tolist(), len(rows.row(r))
+        labels = padded.labels[r].tolist()
+        # Only BOS (nothing before it predicts it) and padding are masked: each context message is a
+        # target too, its speaker token included.
+        assert labels[0] == IGNORE_INDEX and labels[1:n] == ids[1:]
+        assert labels[n:] == [IGNORE_INDEX] * (len(labels) - n)
+        messages = contexts[r].count("<EOT>") + 1
+        assert sum(t in speakers for t in labels) == messages
+    assert padded.target_tokens == int((padded.labels != IGNORE_INDEX).sum()) == int(sum(rows.lengths() - 1))
+    # Packed: the same labels, row by row, each row's first id masked.
+    order = np.arange(len(rows))
+    packed = collate_packed(rows, order, tokenizer.pad_token_id, int(rows.lengths().sum()) + 8, train_on_context=True)
+    assert packed.target_tokens == padded.target_tokens
+    assert packed.labels[packed.labels != IGNORE_INDEX].tolist() == padded.labels[padded.labels != IGNORE_INDEX].tolist()
+    # Off (the default), the same rows label their targets only.
+    assert collate(rows, order, tokenizer.pad_token_id).target_tokens == int(sum(rows.lengths() - np.maximum(rows.n_context, 1)))
+
+
 def test_overlong_rows_lose_whole_oldest_context_messages_or_keep_the_newest_ones_end(prepared, tokenizer):
     limit = 40
     contexts, targets = read_rows(prepared / "train.jsonl")

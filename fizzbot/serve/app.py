@@ -762,7 +762,9 @@ def build_deployment(cfg: FizzbotConfig, model_dir: str | None = None, runtime_e
     # A replica that fetches a checkpoint from a bucket needs its credentials and endpoint, which a
     # Ray started before they were set would not hand it.
     runtime_env = dict(runtime_env or {})
-    env_vars = {**storage_runtime_env().get("env_vars", {}), **runtime_env.get("env_vars", {})}
+    # Read by Serve when the replica's process starts, so it goes in the replica's own environment.
+    own_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"} if s.routes_on_replica_loop else {}
+    env_vars = {**own_loop, **storage_runtime_env().get("env_vars", {}), **runtime_env.get("env_vars", {})}
     if env_vars:
         runtime_env["env_vars"] = env_vars
     if runtime_env:

@@ -1,7 +1,8 @@
 """From {context, target} rows to batches: tokenising, target-only labels, batching by length.
 
 A tokenised row is its ids and `n_context`, the number of leading ids that are context (and BOS):
-the loss covers ids[n_context:] only, i.e. `<Sk> message <EOT>`. Over-long rows lose their oldest
+the loss covers ids[n_context:] only, i.e. `<Sk> message <EOT>` (with `training.train_on_context`,
+every id after the first). Over-long rows lose their oldest
 context messages, whole, never the target.
 
 Batches are planned globally, per epoch, from a seeded permutation: rows are sorted by length inside
@@ -308,8 +309,15 @@ class Batch:
     position_ids: torch.Tensor | None = None  # packed batches: positions restart at 0 in every row
 
 
-def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: int = 1) -> Batch:
-    """Right-padded tensors; labels are -100 on the context, on padding, and the shift is left to the loss."""
+def _first_label(n_context: int, train_on_context: bool) -> int:
+    """Where a row's labels start: its target (after `n_context` ids), or with `train_on_context` every
+    message after the first id (BOS, or a first speaker token nothing before it predicts)."""
+    return 1 if train_on_context else max(n_context, 1)
+
+
+def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: int = 1, train_on_context: bool = False) -> Batch:
+    """Right-padded tensors; labels are -100 on the context (unless `train_on_context`), on padding,
+    and the shift is left to the loss."""
     seqs = [rows.row(int(i)) for i in indices]
     longest = max(len(s) for s in seqs)
     if multiple_of > 1:
@@ -323,8 +331,9 @@ def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: 
         c = int(rows.n_context[int(i)])
         input_ids[r, :n] = seq
         mask[r, :n] = 1
-        labels[r, c:n] = seq[c:]
-        target_tokens += n - max(c, 1)  # position 0 has nothing before it to predict it from
+        start = _first_label(c, train_on_context)  # position 0 has nothing before it to predict it from
+        labels[r, start:n] = seq[start:]
+        target_tokens += n - start
     real = int(mask.sum())
     return Batch(
         torch.from_numpy(input_ids),
@@ -336,7 +345,7 @@ def collate(rows: TokenizedRows, indices: np.ndarray, pad_id: int, multiple_of: 
     )
 
 
-def collate_packed(rows: TokenizedRows, indices: np.ndarray, pad_id: int, pack_length: int) -> Batch:
+def collate_packed(rows: TokenizedRows, indices: np.ndarray, pad_id: int, pack_length: int, train_on_context: bool = False) -> Batch:
     """Packed sequences of pack_length tokens, rows end to end (`_pack` decided which row goes where).
 
     Each row's positions restart at 0, which is how transformers tells packed rows apart (attention
@@ -358,7 +367,7 @@ def collate_packed(rows: TokenizedRows, indices: np.ndarray, pad_id: int, pack_l
                 raise ValueError(f"packed rows exceed training.pack_length ({pack_length})")
             input_ids[r, at : at + n] = seq
             positions[r, at : at + n] = np.arange(n)
-            start = max(c, 1)
+            start = _first_label(c, train_on_context)
             labels[r, at + start : at + n] = seq[start:]
             target_tokens += n - start
             real += n

@@ -660,9 +660,10 @@ def _train(cfg: FizzbotConfig, job: JobSpec, session: Session, device: torch.dev
         start = state.batches_done + session.rank
         mine = [epoch_batches[start + k * session.world] for k in range(t.grad_accum_steps)]
         if t.packing:
-            batches = [collate_packed(train_rows, indices, pad_id, t.pack_length) for indices in mine]
+            batches = [collate_packed(train_rows, indices, pad_id, t.pack_length, t.train_on_context) for indices in mine]
         else:
-            batches = [collate(train_rows, indices, pad_id, multiple_of=64 if t.compile else 1) for indices in mine]
+            batches = [collate(train_rows, indices, pad_id, multiple_of=64 if t.compile else 1, train_on_context=t.train_on_context)
+                       for indices in mine]
         local_targets = sum(b.target_tokens for b in batches)
         out_of_time = float(deadline is not None and time.monotonic() >= deadline)
         global_targets, out_of_time = _all_reduce([float(local_targets), out_of_time], device)
