@@ -231,11 +231,12 @@ def test_the_train_driver_killed_and_the_same_command_again_resumes(demo_prepare
         ray_processes = descendants(first.pid)
         first.send_signal(signal.SIGKILL)  # the driver alone: not its process group, not a worker
         first.wait(timeout=30)
-        on_disk = complete_steps(runs / "driver")
         # The local Ray the driver started goes with it (no orphaned worker writing more checkpoints).
         import psutil
 
         gone, alive = psutil.wait_procs(ray_processes, timeout=60)
+        # Read once the workers are gone: one may finish a checkpoint in the moment it outlives the driver.
+        on_disk = complete_steps(runs / "driver")
         # Ray's dashboard and runtime-env agents outlive their raylet for a while; they run no task.
         leftover = [(p.pid, _title(p)) for p in alive if not _title(p).startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
     finally:
