@@ -2,8 +2,8 @@
 
 A tokenised row is its ids and `n_context`, the number of leading ids that are context (and BOS):
 the loss covers ids[n_context:] only, i.e. `<Sk> message <EOT>` (with `training.train_on_context`,
-every id after the first). Over-long rows lose their oldest
-context messages, whole, never the target.
+every id after the first, so the training loss is not the validation loss's measure). Over-long rows
+lose their oldest context messages, whole, never the target.
 
 Batches are planned globally, per epoch, from a seeded permutation: rows are sorted by length inside
 pools of `batch_size x bucket_size_multiplier`, cut into batches, and the batches shuffled. Worker r
