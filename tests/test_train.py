@@ -30,7 +30,7 @@ from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.model.tokenizer import TokenizerError, check_chat_tokens, train_tiny_tokenizer
 from fizzbot.artifacts import checkpoint as ckpt
 from fizzbot.train import loop
-from fizzbot.train.data import IGNORE_INDEX, RowTokenizer, collate, read_rows
+from fizzbot.train.data import IGNORE_INDEX, RowTokenizer, collate, collate_packed, read_rows
 from fizzbot.train.trainer import TrainResult, _tokenizer_texts, build_tokenizer, resolve_data, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,8 +203,6 @@ def test_labels_mask_exactly_the_context_and_padding(prepared, tokenizer):
 
 
 def test_train_on_context_labels_every_message_of_a_row_padded_or_packed(prepared, tokenizer):
-    from fizzbot.train.data import collate_packed
-
     contexts, targets = read_rows(prepared / "val.jsonl")
     rows = RowTokenizer(tokenizer, 512, speaker_ids(tokenizer, prepared))(contexts[:48], targets[:48])
     speakers = set(speaker_ids(tokenizer, prepared))
