@@ -57,6 +57,12 @@ DEFAULT_GRID = [
     # supervised tokens, speaker tokens included, for the same forward passes.
     {"name": "context-loss", "overrides": DATA + ["training.train_on_context=true"]},
     {"name": "context-loss-speakers128", "overrides": DATA + ["training.train_on_context=true", "data.max_speakers=128"]},
+    # The long tail's messages carry their author's name (data.name_others): the addressee of a reply
+    # and a returning speaker can be copied from the context. With fixed 6-message windows too: every
+    # shorter context is still trained inside each row (train_on_context), and every target is read
+    # after the context a served prompt has.
+    {"name": "names", "overrides": DATA + ["data.name_others=true"]},
+    {"name": "names-context6", "overrides": ["data.name_others=true", "data.min_context_messages=6"]},
     {"name": "small-context6-lr2e-3", "overrides": DATA + [
         "model.tiny.hidden_size=192", "model.tiny.intermediate_size=512", "data.max_context_messages=6",
         "data.max_context_chars=800", "training.max_seq_len=256", "training.learning_rate=2e-3"]},

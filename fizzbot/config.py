@@ -82,6 +82,12 @@ class DataConfig(Section):
         1, ge=0, description="Fewest messages in a context window (conversation openers aside)."
     )
     max_context_messages: int = Field(12, ge=1, description="Most messages in a context window.")
+    name_others: bool = Field(
+        True,
+        description="A message under the shared others token carries its author's name (`<S63> name: text`), "
+        "so the model can tell the long tail apart, answer whoever spoke, and name who speaks next; false: "
+        "the long tail is one faceless speaker, as in the original tool.",
+    )
     max_context_chars: int = Field(2000, ge=16, description="Context budget in characters; oldest messages go first.")
     max_message_chars: int = Field(2000, ge=16, description="Longer messages are cut to this many characters.")
     conversation_gap_minutes: float = Field(

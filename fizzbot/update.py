@@ -37,6 +37,7 @@ from fizzbot.artifacts import checkpoint as ckpt
 from fizzbot.artifacts import prepared as layout
 from fizzbot.artifacts import storage
 from fizzbot.artifacts.io import atomic_directory, atomic_write_text, iter_jsonl
+from fizzbot.chat.render import ANONYMOUS, with_name
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.config import FizzbotConfig, load_config, replace
 from fizzbot.errors import InputError
@@ -138,29 +139,41 @@ def continue_from(model_dir: Path, workdir: Path) -> tuple[str, str]:
     return str(model_dir), "full"
 
 
-def as_seen_by(rows: list[dict], speaker_map: SpeakerMap) -> list[dict]:
+def as_seen_by(rows: list[dict], speaker_map: SpeakerMap, newer: SpeakerMap | None = None) -> list[dict]:
     """Rows as a model with this speaker map would be given them: tokens it does not know (people
-    who arrived later) become its guest token, as its server would render them."""
+    who arrived later, in `newer`) become its guest token, as its server would render them (named,
+    where its others token is: data.name_others)."""
     known = set(speaker_map.tokens)
     guest = speaker_map.other_token
+    names = newer.token_to_username() if newer is not None else {}
+
+    def seen(match: re.Match) -> str:
+        token = match.group(1)
+        if token in known:
+            return match.group(0)
+        if guest is None:
+            return "\0"
+        return f"{guest} {with_name(names.get(token, ANONYMOUS), '')}" if speaker_map.other_named else f"{guest} "
 
     def swap(text: str) -> str | None:
-        out = re.sub(r"<S\d+>", lambda m: m.group(0) if m.group(0) in known else (guest or "\0"), text)
+        out = re.sub(r"(<S\d+>) ", seen, text)
         return None if "\0" in out else out
 
-    seen = []
+    seen_rows = []
     for r in rows:
         context, target = swap(r.get("context", "")), swap(r["target"])
         if context is not None and target is not None:
-            seen.append({**r, "context": context, "target": target})
-    return seen
+            seen_rows.append({**r, "context": context, "target": target})
+    return seen_rows
 
 
-def validation_loss(model_dir: Path, rows: list[dict], cfg: FizzbotConfig, max_rows: int, seed: int) -> float | None:
-    """Mean target-token loss of a checkpoint on validation rows (a seeded sample of at most max_rows)."""
+def validation_loss(model_dir: Path, rows: list[dict], cfg: FizzbotConfig, max_rows: int, seed: int,
+                    newer: SpeakerMap | None = None) -> float | None:
+    """Mean target-token loss of a checkpoint on validation rows (a seeded sample of at most max_rows);
+    `newer`: the map the rows were rendered with."""
     from fizzbot.eval.run import target_loss
 
-    rows = as_seen_by(rows, SpeakerMap.load(model_dir / layout.SPEAKER_MAP))
+    rows = as_seen_by(rows, SpeakerMap.load(model_dir / layout.SPEAKER_MAP), newer)
     if not rows:
         return None
     if len(rows) > max_rows:
@@ -231,9 +244,10 @@ def run_update(cfg: FizzbotConfig, model_dir: str | Path, inputs: list[str], ove
 
     # 5: old and new, on the new messages and on the old ones.
     figures = {}
+    newer = SpeakerMap.load(workdir / "data" / layout.SPEAKER_MAP)
     for name, rows in (("new_messages", _rows(workdir / "data" / layout.VAL_FILE)), ("old_messages", _rows(old.val_path))):
         figures[name] = {
-            which: validation_loss(Path(path), rows, train_cfg, u.eval_rows, u.seed) if path else None
+            which: validation_loss(Path(path), rows, train_cfg, u.eval_rows, u.seed, newer) if path else None
             for which, path in (("old", model_dir), ("new", new_checkpoint))
         }
         _log(f"validation loss on the {name.replace('_', ' ')}: old {figures[name]['old']}, new {figures[name]['new']}")

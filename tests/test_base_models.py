@@ -283,3 +283,25 @@ def test_the_fused_loss_branch_gives_the_chunked_loss_and_gradients(prepared, ti
     assert plain_grads.keys() == fused_grads.keys() and any("trainable_tokens" in n for n in plain_grads)
     for name in plain_grads:
         assert torch.allclose(plain_grads[name], fused_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_the_bucketed_plan_gives_the_workers_of_a_step_rows_of_one_length():
+    """Batches are shuffled in runs of neighbours of a sorted pool: every row once, a different order
+    each epoch, and the W x grad_accum_steps batches of one step (W, accum = 2, 2) about one length,
+    where single shuffled batches would make one worker wait for another at every all-reduce."""
+    lengths = np.random.default_rng(0).integers(8, 256, size=4096)
+    plan = BatchPlan(batch_size=8, max_tokens=None, bucket_multiplier=16, bucketing=True, seed=0)
+    batches = plan_epoch(lengths, plan, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(4096))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, plan_epoch(lengths, plan, epoch=1)))
+
+    def step_time(batches):  # W = 2, accum = 2: a step lasts as long as its busier worker's padded work
+        work = np.array([lengths[b].max() * len(b) for b in batches], dtype=float)
+        per_worker = work[: len(work) // 4 * 4].reshape(-1, 2, 2).sum(axis=1)  # [step, worker]
+        return per_worker.max(axis=1).sum() / per_worker.mean(axis=1).sum()  # 1.0: nobody ever waits
+
+    shuffled_singly = [batches[i] for i in np.random.default_rng(1).permutation(len(batches))]
+    assert step_time(batches) < 1.07 and step_time(shuffled_singly) > 1.15
+    # and yet the steps themselves come in no order of length
+    longest = np.array([lengths[b].max() for b in batches])
+    assert abs(np.corrcoef(np.arange(len(longest)), longest)[0, 1]) < 0.2

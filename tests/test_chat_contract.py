@@ -4,6 +4,7 @@ served context is read by (the checkpoint's budget, newcomers, people who opted 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from fizzbot.artifacts.prepared import context_settings
 from fizzbot.chat.conversation import ChatRules, Prompt, decode, encode_conversation, speaker_to_force, tokens_to_forbid
 from fizzbot.chat.speakers import OTHERS_NAME, SpeakerMap, build_speaker_map
 from fizzbot.data.messages import Message, clean_content
+from fizzbot.data.stages import named_others
 from fizzbot.data.windows import WindowSettings, window_segment
 from fizzbot.infer.engine import engine_from_checkpoint
 from fizzbot.train.data import RowTokenizer
@@ -42,8 +44,9 @@ def engine(tiny_checkpoint):
         (8, 10_000, 40, 4000),  # over-long messages are cut
     ],
 )
-def test_training_rows_and_served_prompts_are_trimmed_identically(engine, max_messages, max_chars, max_message_chars, token_budget):
-    smap = engine.speaker_map
+@pytest.mark.parametrize("named", [False, True], ids=["others", "named-others"])
+def test_training_rows_and_served_prompts_are_trimmed_identically(engine, max_messages, max_chars, max_message_chars, token_budget, named):
+    smap = dataclasses.replace(engine.speaker_map, other_named=named)
     names = [s.username for s in smap.speakers]
     said = [
         (names[4], "morning"),
@@ -63,6 +66,8 @@ def test_training_rows_and_served_prompts_are_trimmed_identically(engine, max_me
         for i, (who, text) in enumerate(said + [target])
     ]
     tokens = [smap.token_for_author(m.author_id) for m in segment]
+    if named:  # data.name_others, as `fizzbot prepare` renders it
+        segment = named_others(segment, tokens, smap.other_token, frozenset())
     settings = WindowSettings(max_messages, max_messages, max_chars, seed=0, openers=False)
     *_, (_, row) = window_segment(segment, tokens, settings, val_from=len(segment))  # the target's row
     assert row["target"].endswith(target[1] + " <EOT>")
@@ -116,6 +121,29 @@ def test_newcomers_take_the_guest_token_and_decode_back_where_unambiguous(smap):
     # A forced newcomer counts as one, and names the first message even among several.
     assert Prompt("").speaker_names(smap, forced_guest="zed")["<S2>"] == "zed"
     assert [m.username for m in decode("<S2> me <EOT>\n<S2> who", smap, two.speaker_names(smap), "zed")] == ["zed", OTHERS_NAME]
+
+
+def test_a_named_others_token_carries_each_newcomers_name_in_and_out(smap):
+    """data.name_others: the guest token's messages carry their author's name in the prompt, as in
+    training, and a guest message the model writes reads as the name it wrote."""
+    named = dataclasses.replace(smap, other_named=True)
+    said = [{"username": "nat", "content": "hi"}, {"username": "kim", "content": "nat: yo"},
+            {"username": "bob", "content": "welcome"}, {"username": None, "content": "psst", "anonymous": True}]
+    prompt = encode_conversation(said, named)
+    assert prompt.text == "<S2> nat: hi <EOT>\n<S2> kim: nat: yo <EOT>\n<S1> welcome <EOT>\n<S2> (anonymous): psst <EOT>\n"
+    answer = "<S2> kim: thanks bob <EOT>\n<S0> nat: hey <EOT>\n<S2> someone_new: hello <EOT>\n<S2> no name"
+    assert [(m.username, m.content) for m in decode(answer, named, prompt.speaker_names(named))] == [
+        ("kim", "thanks bob"), ("alice", "nat: hey"), ("someone_new", "hello"), (OTHERS_NAME, "no name")]
+    # A forced newcomer answers under the name asked for, whatever name the model wrote.
+    forced = decode("<S2> kim: me <EOT>", named, Prompt("").speaker_names(named, "zed"), "zed")
+    assert [(m.username, m.content) for m in forced] == [("zed", "me")]
+    # Someone who opted out stays anonymous, and a name cannot smuggle in a separator or a newline.
+    out = encode_conversation([{"username": "carol", "content": "x"}, {"username": "a: b\nc", "content": "y"}], named,
+                              ChatRules(exclude_speakers=frozenset({"carol"})))
+    assert out.text == "<S2> (anonymous): x <EOT>\n<S2> a:b c: y <EOT>\n"
+    # The map records the convention, and a checkpoint trained one way refuses data rendered the other.
+    assert SpeakerMap.from_json(json.loads(json.dumps(named.to_json()))).other_named
+    assert "named" in named.diff(smap)
 
 
 def test_reject_refuses_newcomers_and_unnamed_messages(smap):
@@ -175,7 +203,7 @@ def test_cli_generate_with_a_newcomer(tiny_checkpoint, tmp_path):
     lines = shown.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("newbie_nat: ")
     raw = generate(*args, "--raw")
-    assert raw.returncode == 0 and raw.stdout.startswith(guest + " ")
+    assert raw.returncode == 0 and raw.stdout.startswith(guest), raw.stdout[:300]  # the raw text keeps the token
     refused = generate(*args, "generate.unknown_speakers=reject")
     assert refused.returncode == 2 and "unknown speaker 'newbie_nat'" in refused.stderr
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fizzbot.chat.render import ANONYMOUS
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.cli import main
 from fizzbot.config import DataConfig
@@ -88,7 +89,8 @@ def test_people_who_opt_out_are_never_targets_nor_speakers(tmp_path, mode):
     assert summary.train_examples == 90 - 36 == len(examples)  # 16 + 8 + 12 of their messages
     opted_out_lines = [line for r in examples for line in r["context"].splitlines() if "id-carol" in line or "id-dave" in line]
     if mode == "anonymize":  # kept as context, under the shared others token
-        assert opted_out_lines and all(line.startswith(smap.other_token + " from") for line in opted_out_lines)
+        # nameless (data.name_others names the rest of the long tail)
+        assert opted_out_lines and all(line.startswith(f"{smap.other_token} {ANONYMOUS}: from") for line in opted_out_lines)
     else:
         assert opted_out_lines == []
     stats = json.loads((out / "stats.json").read_text())
@@ -96,6 +98,27 @@ def test_people_who_opt_out_are_never_targets_nor_speakers(tmp_path, mode):
     assert (stats["channels"]["general"]["excluded"], stats["channels"]["random"]["excluded"]) == (24, 12)
     assert stats["totals"]["excluded"] == 36
     assert stats["totals"]["kept"] == (90 if mode == "anonymize" else 54)
+
+
+def test_the_long_tail_speaks_under_its_own_names_with_name_others(tmp_path):
+    """data.name_others: every message under the others token starts with its author's name as it
+    was written there; an opted-out author stays nameless; the map records the convention."""
+    out = tmp_path / "prepared"
+    prepare(config(corpus(tmp_path / "in"), out, max_speakers=3, name_others=True, exclude_speakers=["dave"]),
+            use_ray=False, report=False)
+    smap = SpeakerMap.load(out / "speaker_map.json")
+    assert smap.other_named and smap.other_token == "<S2>"
+    lines = {line for r in rows(out / "train.jsonl") for line in [r["target"], *r["context"].splitlines()]}
+    others = {line for line in lines if line.startswith("<S2> ")}
+    own = {line.split(" ", 1)[1].split(": ", 1)[0]: line for line in others}
+    assert set(own) == {"carol", "Caroline", "erin", "(anonymous)"}  # the long tail by name, dave anonymous
+    assert all(line.startswith("<S2> (anonymous): from id-dave") for line in others if "id-dave" in line)
+    assert all(": " not in line for line in lines - others)  # named speakers carry no name in the text
+    # Without it, the long tail is one faceless token, as the original tool had it.
+    plain = tmp_path / "plain"
+    prepare(config(corpus(tmp_path / "in"), plain, max_speakers=3, name_others=False), use_ray=False, report=False)
+    assert not SpeakerMap.load(plain / "speaker_map.json").other_named
+    assert not any(": " in r["target"] for r in rows(plain / "train.jsonl"))
 
 
 # --- a stable speaker map --------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_cap_rest_share_the_last_token():
     assert smap.token_for_author("never-seen") == "<S3>"
     assert smap.token_to_username() == {"<S0>": "U0", "<S1>": "U1", "<S2>": "U2", "<S3>": OTHERS_NAME}
     doc = smap.to_json()
-    assert doc["other"] == {"token": "<S3>", "authors": 7, "messages": smap.other_messages}
+    assert doc["other"] == {"token": "<S3>", "authors": 7, "messages": smap.other_messages, "named": False}
     assert doc["token_to_username"]["<S3>"] == OTHERS_NAME
 
 

@@ -9,7 +9,9 @@ taking the guest token (`unknown_speakers: guest`) or refused (`reject`).
 
 Decoding splits on speaker tokens, not on <EOT>, so a model that has not learned <EOT> yet still
 decodes: whatever follows `<Sk>` up to the next speaker token is k's message. The guest token reads
-as the newcomer's name where the conversation had exactly one newcomer, else as `(others)`.
+as the newcomer's name where the conversation had exactly one newcomer, else as `(others)`. With a
+map whose others token is named (`data.name_others`), each guest message carries its author's name
+in the prompt, and a guest message the model writes is read as the name it wrote.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from fizzbot.chat.render import clean_text, split_messages, trim_context
+from fizzbot.chat.render import ANONYMOUS, clean_text, split_messages, split_name, trim_context, with_name
 from fizzbot.chat.speakers import SpeakerMap, UnknownSpeakers
 
 NO_LIMIT = 1 << 62
@@ -103,8 +105,12 @@ def encode_conversation(messages: Sequence[Mapping], speaker_map: SpeakerMap, ru
                 raise KeyError(f"message {number}: {exc.args[0]}") from None
             if token is None:
                 continue
+        content = clean_text(content, rules.max_message_chars)
+        if speaker_map.other_named and token == speaker_map.other_token and guest:
+            # As in training: the long tail speaks under one token, each with their name in front.
+            content = with_name(guest[0] or ANONYMOUS, content)
         tokens.append(token)
-        contents.append(clean_text(content, rules.max_message_chars))
+        contents.append(content)
         guests.append(guest)
     text, start = trim_context(
         tokens,
@@ -167,9 +173,17 @@ class DecodedMessage:
 
 def decode(text: str, speaker_map: SpeakerMap, names: Mapping[str, str] | None = None, first_speaker: str | None = None) -> list[DecodedMessage]:
     """Raw text -> messages. `names` (Prompt.speaker_names) says who the guest token is; a forced
-    unknown `first_speaker` names the first message when it is the guest's."""
+    unknown `first_speaker` names the first message when it is the guest's. A named others token's
+    message reads as the name it starts with."""
     names = names if names is not None else speaker_map.token_to_username()
-    messages = [DecodedMessage(token, names.get(token, token), content) for token, content in split_messages(text)]
+    messages = []
+    for token, content in split_messages(text):
+        username = names.get(token, token)
+        if speaker_map.other_named and token == speaker_map.other_token:
+            written, rest = split_name(content)
+            if written is not None:
+                username, content = written, rest
+        messages.append(DecodedMessage(token, username, content))
     if first_speaker and messages and messages[0].token == speaker_map.guest_token and text.lstrip().startswith(messages[0].token):
         messages[0].username = first_speaker
     return messages

@@ -32,6 +32,33 @@ def clean_text(text: str, max_chars: int | None) -> str:
     return text
 
 
+# With data.name_others, a message under the shared others token starts with its author's name and
+# this separator (`<S63> alice: text`): the long tail is no longer one faceless speaker.
+NAME_SEPARATOR = ": "
+ANONYMOUS = "(anonymous)"  # the name an opted-out author (data.exclude_mode: anonymize) speaks under
+
+
+def clean_name(name: str) -> str:
+    """A username as it is written before NAME_SEPARATOR: on one line, without the separator inside
+    it, typed look-alikes of special tokens defused; never empty."""
+    name = " ".join(defuse_special_tokens(name).split()).replace(NAME_SEPARATOR, ":").strip()
+    return name or "?"
+
+
+def with_name(name: str, content: str) -> str:
+    """A long-tail message's text with its author's name in front."""
+    return clean_name(name) + NAME_SEPARATOR + content
+
+
+def split_name(content: str) -> tuple[str | None, str]:
+    """(name, text) of a long-tail message written by `with_name`; (None, content) without a name."""
+    name, separator, text = content.partition(NAME_SEPARATOR)
+    name = name.strip()
+    if not separator or not name or "\n" in name:
+        return None, content
+    return name, text.strip()
+
+
 def render(token: str, content: str) -> str:
     """One message as the model sees it: `<Sk> text <EOT>`."""
     return f"{token} {content} {EOT}"

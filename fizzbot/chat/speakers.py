@@ -13,6 +13,10 @@ stays, new authors are appended after every existing token while the cap allows,
 token keeps its index. A person who opts out (`data.exclude_speakers`) never has a token: an earlier
 token of theirs is *retired*, kept so that no one else moves, and never used again.
 
+With `data.name_others` the others token's messages carry their author's name (`<S63> alice: text`,
+`fizzbot.chat.render.with_name`), and the map says so (`other.named`): the long tail is told apart,
+a reply can name whoever it answers, and the model names who of the long tail speaks next.
+
 It also reads the original tool's flat `{"<S0>": "alice"}` (or `{"alice": "<S0>"}`) files, which have
 no others token: with such a map an unknown speaker cannot take the guest token.
 """
@@ -48,6 +52,7 @@ class SpeakerMap:
     other_token: str | None = None  # the shared others token: the long tail, and guests when serving
     other_authors: int = 0
     other_messages: int = 0
+    other_named: bool = False  # the others token's messages start with their author's name (data.name_others)
     _by_author: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +168,10 @@ class SpeakerMap:
             else:
                 out[s.token] = (("author", s.author_id), f"author {s.author_id!r} ({s.username})")
         if self.other_token is not None:
-            out[self.other_token] = (("others",), "the shared others token")
+            out[self.other_token] = (
+                ("others", self.other_named),
+                "the shared others token" + (", its messages named" if self.other_named else ""),
+            )
         return out
 
     # --- files -------------------------------------------------------------------------------
@@ -179,7 +187,8 @@ class SpeakerMap:
             "eot_token": EOT,
             "speakers": speakers,
             "other": (
-                {"token": self.other_token, "authors": self.other_authors, "messages": self.other_messages}
+                {"token": self.other_token, "authors": self.other_authors, "messages": self.other_messages,
+                 "named": self.other_named}
                 if self.other_token
                 else None
             ),
@@ -196,7 +205,7 @@ class SpeakerMap:
                 for s in data["speakers"]
             ]
             other = data.get("other") or {}
-            return cls(speakers, other.get("token"), other.get("authors", 0), other.get("messages", 0))
+            return cls(speakers, other.get("token"), other.get("authors", 0), other.get("messages", 0), bool(other.get("named", False)))
         # The original tool's flat map, in either direction.
         pairs = []
         for key, value in data.items():
@@ -234,6 +243,7 @@ def build_speaker_map(
     max_speakers: int,
     previous: SpeakerMap | None = None,
     excluded: frozenset[str] | set[str] = frozenset(),
+    name_others: bool = False,
 ) -> SpeakerMap:
     """Hand out speaker tokens: the most active authors first (ties by id, so the map is
     reproducible), the others token right after them.
@@ -241,14 +251,15 @@ def build_speaker_map(
     With `previous`, every author it names keeps their token (with the username they have now), new
     authors are appended after every existing token while `max_speakers` allows, and the rest share
     the previous others token (one is appended first if the previous map had none). `excluded`
-    author ids never get a token; a token `previous` gave one of them is retired.
+    author ids never get a token; a token `previous` gave one of them is retired. `name_others`: the
+    others token's messages carry their author's name (data.name_others).
     """
     ranked = sorted(((a, n) for a, n in counts.items() if a not in excluded), key=lambda item: (-item[1], item[0]))
     if previous is None:
         own = ranked[: max_speakers - 1]
         speakers = [Speaker(speaker_token(i), usernames.get(a, a), a, n) for i, (a, n) in enumerate(own)]
         rest = ranked[len(own):]
-        return SpeakerMap(speakers, speaker_token(len(own)), len(rest), sum(n for _, n in rest))
+        return SpeakerMap(speakers, speaker_token(len(own)), len(rest), sum(n for _, n in rest), name_others)
 
     speakers = []
     for s in previous.speakers:
@@ -267,7 +278,7 @@ def build_speaker_map(
     new = [(a, n) for a, n in ranked if a not in known]
     speakers += [Speaker(speaker_token(next_index + i), usernames.get(a, a), a, n) for i, (a, n) in enumerate(new[:room])]
     rest = new[room:]
-    return SpeakerMap(speakers, other_token, len(rest), sum(n for _, n in rest))
+    return SpeakerMap(speakers, other_token, len(rest), sum(n for _, n in rest), name_others)
 
 
 def growth(previous: SpeakerMap, current: SpeakerMap) -> dict[str, int]:

@@ -18,13 +18,14 @@ import bisect
 import heapq
 import pickle
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 from fizzbot.data.clean import DROP_REASONS, FloodFilter, apply_placeholder, drop_reason, duplicate_flags, scrub_pii
 from fizzbot.data.formats import SourceUnit, read_unit
 from fizzbot.data.messages import InputError, Message, ReadOptions
+from fizzbot.chat.render import ANONYMOUS, with_name
 from fizzbot.chat.speakers import SpeakerMap
 from fizzbot.data.windows import WindowSettings, segment_id, split_segments, window_segment_jsonl
 
@@ -442,6 +443,17 @@ class WindowResult:
     val_by_channel: Counter
 
 
+def named_others(segment: list[Message], tokens: list[str], other_token: str | None, excluded: frozenset[str]) -> list[Message]:
+    """The segment with every long-tail message's author named in its text (data.name_others); an
+    opted-out author keeps the others token and is named ANONYMOUS."""
+    if other_token is None:
+        return segment
+    return [
+        replace(m, content=with_name(ANONYMOUS if m.author_id in excluded else m.username, m.content)) if t == other_token else m
+        for m, t in zip(segment, tokens)
+    ]
+
+
 def window_stage(
     shard: ShardInfo,
     speaker_map: SpeakerMap,
@@ -461,6 +473,8 @@ def window_stage(
     with open(train_path, "w", encoding="utf-8") as train_fh, open(val_path, "w", encoding="utf-8") as val_fh:
         for segment, sid in zip(segments, shard.segments):
             speaker = [speaker_map.token_for_author(m.author_id) for m in segment]
+            if speaker_map.other_named:
+                segment = named_others(segment, speaker, speaker_map.other_token, excluded)
             targets = [m.author_id not in excluded for m in segment] if excluded else None
             train_lines, val_lines = [], []
             for is_val, line in window_segment_jsonl(segment, speaker, settings.window, val_from[sid], targets):

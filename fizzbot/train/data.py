@@ -6,7 +6,8 @@ every id after the first, so the training loss is not the validation loss's meas
 lose their oldest context messages, whole, never the target.
 
 Batches are planned globally, per epoch, from a seeded permutation: rows are sorted by length inside
-pools of `batch_size x bucket_size_multiplier`, cut into batches, and the batches shuffled. Worker r
+pools of `batch_size x bucket_size_multiplier`, cut into batches, and the batches shuffled in runs of
+neighbours (so the workers of a step get rows of about one length and none waits). Worker r
 of W takes global batches r, r+W, ...; an optimizer step consumes W x grad_accum_steps of them. So
 the data position is one number (global batches consumed this epoch), valid for any W on resume.
 """
@@ -153,6 +154,12 @@ def read_rows(path: str | Path) -> tuple[list[str], list[str]]:
 # --- batches -------------------------------------------------------------------------------------
 
 
+# Neighbouring batches of a sorted pool that stay together when an epoch's batches are shuffled; worker
+# r of W takes batches r, r+W, ..., so W (times grad_accum_steps) dividing it gives every worker of a
+# step a batch of the same group. A constant, so that the plan is the same for any W (resume).
+STEP_GROUP = 8
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     batch_size: int
@@ -177,9 +184,11 @@ def plan_epoch(lengths: np.ndarray, plan: BatchPlan, epoch: int) -> list[np.ndar
         chunk = order[start : start + pool]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(_cut(chunk, lengths, plan))
-    # Shuffle whole batches so that lengths do not come in waves within the epoch.
-    shuffled = rng.permutation(len(batches))
-    return [batches[i] for i in shuffled]
+    # Shuffle runs of STEP_GROUP neighbouring batches, not single batches, so that lengths do not come
+    # in waves within the epoch and yet the workers of one step get batches of about one length: a
+    # worker given short rows would otherwise wait at every gradient all-reduce for one given long rows.
+    groups = [batches[i : i + STEP_GROUP] for i in range(0, len(batches), STEP_GROUP)]
+    return [batch for g in rng.permutation(len(groups)) for batch in groups[g]]
 
 
 def _cut(indices: np.ndarray, lengths: np.ndarray, plan: BatchPlan) -> list[np.ndarray]:

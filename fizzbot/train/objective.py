@@ -3,8 +3,9 @@
 A causal LM's head turns every position's hidden state into a vocabulary-sized row of logits; for a
 chat window, most positions are context whose loss is masked anyway. Here the decoder runs on the
 whole sequence, the hidden states at target positions are gathered, and only those go through the
-head, in chunks whose logits are recomputed in the backward pass instead of being stored. With a
-152k vocabulary and targets a tenth of the tokens, that is most of the head's time and memory.
+head, in chunks whose logits (where they are large) are recomputed in the backward pass instead of
+being stored. With a 152k vocabulary and targets a tenth of the tokens, that is most of the head's
+time and memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from fizzbot.train.data import IGNORE_INDEX, collate
 
 # Rows of logits materialised at once (x vocabulary x 4 bytes): 4096 x 152k is 2.5 GB in fp32.
 LOSS_CHUNK = 4096
+# A chunk's logits over this size are recomputed in the backward pass instead of kept for it; under it
+# (a small vocabulary: the tiny model's 4k is 70 MB a chunk) keeping them costs little and saves the
+# head's forward a second time, a tenth of a CPU step.
+RECOMPUTE_LOGITS_BYTES = 256 << 20
 
 
 def causal_lm_parts(model):
@@ -72,10 +77,11 @@ class TargetOnlyLM(torch.nn.Module):
 
             return self.fused_loss(head_weight(head), hidden, targets).float()
         total = hidden.new_zeros((), dtype=torch.float32)
+        vocab = head.weight.shape[0] if hasattr(head, "weight") else None
         for start in range(0, hidden.shape[0], LOSS_CHUNK):
             h = hidden[start : start + LOSS_CHUNK]
             y = targets[start : start + LOSS_CHUNK]
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and (vocab is None or h.shape[0] * vocab * 4 > RECOMPUTE_LOGITS_BYTES):
                 total = total + checkpoint(_chunk_loss, head, h, y, use_reentrant=False)
             else:
                 total = total + _chunk_loss(head, h, y)
