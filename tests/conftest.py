@@ -70,7 +70,9 @@ def demo_prepared(tmp_path_factory) -> Path:
 
     7 personas have their own token and 2 share the others token (so the guest token is trained); the
     context budget differs from the defaults the training config keeps, so the checkpoint shows which
-    it records (the prepared one: see test_chat_contract).
+    it records (the prepared one: see test_chat_contract). The others token is faceless here
+    (data.name_others=false), as the original tool had it: the served guest is named back by the
+    context's one newcomer; test_serve_names serves a copy whose long tail speaks by name.
     """
     from fizzbot.config import load_config
     from fizzbot.data.demo import write_demo_corpus
@@ -80,7 +82,7 @@ def demo_prepared(tmp_path_factory) -> Path:
     write_demo_corpus(root / "corpus", seed=0, days=10)
     cfg = load_config(None, [
         f"data.inputs=[{root / 'corpus'}]", f"data.output={root / 'prepared'}", "data.max_speakers=8",
-        "data.max_context_messages=6", "data.max_context_chars=600",
+        "data.max_context_messages=6", "data.max_context_chars=600", "data.name_others=false",
     ])
     prepare(cfg.data, use_ray=False, report=False)
     return root / "prepared"

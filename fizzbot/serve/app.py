@@ -31,6 +31,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fizzbot.chat.conversation import ChatRules, Prompt
+from fizzbot.chat.render import NAME_SEPARATOR
+from fizzbot.chat.tokens import EOT
 from fizzbot.config import FizzbotConfig, ServeConfig, load_config
 from fizzbot.serve import guard
 
@@ -706,8 +708,19 @@ class FizzbotServer:
             self._admit(1)
             state = {"text": "", "sent": "", "named": False}
 
+            def naming(text: str) -> bool:
+                """A long-tail message written by name (data.name_others) whose name is not complete yet:
+                the first chunk waits for it, so that it is never streamed as content."""
+                head = text.lstrip()
+                if state["named"] or not smap.other_named or not head.startswith(smap.other_token or "\0"):
+                    return False
+                rest = head[len(smap.other_token):]
+                return NAME_SEPARATOR not in rest and EOT not in rest
+
             def chunk(delta: str) -> dict | None:
                 state["text"] += delta
+                if naming(state["text"]):
+                    return None
                 name, content = message_of(state["text"])
                 if name is None:
                     return None
@@ -725,8 +738,13 @@ class FizzbotServer:
                         "choices": [{"index": 0, "delta": out, "finish_reason": None}]}
 
             def final(result) -> dict:
+                delta: dict[str, Any] = {}
+                if not state["named"] and smap.other_named:  # a message still waiting for its name when generation stopped
+                    name, content = message_of(state["text"])
+                    if name:
+                        delta = {"role": "assistant", "name": name, **({"content": content} if content else {})}
                 return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": _finish(result)}],
                         "usage": _usage(result.prompt_tokens, result.completion_tokens)}
 
             return await self._stream(prompt.text, params, chunk, final, adapter)

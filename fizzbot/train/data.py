@@ -154,10 +154,12 @@ def read_rows(path: str | Path) -> tuple[list[str], list[str]]:
 # --- batches -------------------------------------------------------------------------------------
 
 
-# Neighbouring batches of a sorted pool that stay together when an epoch's batches are shuffled; worker
-# r of W takes batches r, r+W, ..., so W (times grad_accum_steps) dividing it gives every worker of a
-# step a batch of the same group. A constant, so that the plan is the same for any W (resume).
-STEP_GROUP = 8
+# Neighbouring batches of a sorted pool that stay together when an epoch's batches are shuffled: worker
+# r of W takes batches r, r+W, ..., so with two workers (the CPU default) each gets one of every pair,
+# and the two do the same work at every step. Pairs, not longer runs: a step's batches still come from
+# as many places in the length order as it has accumulation steps. A constant, so that the plan is the
+# same for any W (resume).
+STEP_GROUP = 2
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def plan_epoch(lengths: np.ndarray, plan: BatchPlan, epoch: int) -> list[np.ndar
         chunk = order[start : start + pool]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(_cut(chunk, lengths, plan))
-    # Shuffle runs of STEP_GROUP neighbouring batches, not single batches, so that lengths do not come
+    # Shuffle pairs of neighbouring batches (STEP_GROUP), not single batches, so that lengths do not come
     # in waves within the epoch and yet the workers of one step get batches of about one length: a
     # worker given short rows would otherwise wait at every gradient all-reduce for one given long rows.
     groups = [batches[i : i + STEP_GROUP] for i in range(0, len(batches), STEP_GROUP)]
