@@ -193,3 +193,22 @@ def test_promotion_swaps_the_served_model_while_requests_keep_being_answered(fir
         assert answer["messages"][0]["speaker"] == new_token  # its own token now, not the old model's guest token
     finally:
         serve.delete("promoted")
+
+
+def test_the_old_model_sees_newcomers_as_its_guest_by_name():
+    """Validation rows of the new data, rendered with the grown map, as the old checkpoint's server
+    would give them: a token it does not know becomes its guest token, carrying the newcomer's name
+    where its long tail speaks by name (data.name_others), and bare where it does not."""
+    import dataclasses
+    from collections import Counter
+
+    from fizzbot.chat.speakers import build_speaker_map
+    from fizzbot.update import as_seen_by
+
+    old = build_speaker_map(Counter(a=5, b=3), {"a": "alice", "b": "bob"}, 8, name_others=True)  # <S2> the guest
+    new = build_speaker_map(Counter(a=5, b=3, c=9), {"a": "alice", "b": "bob", "c": "cy"}, 8, previous=old, name_others=True)
+    assert new.token_for_author("c") == "<S3>"
+    rows = [{"context": "<S0> hi <EOT>\n<S3> yo <EOT>\n", "target": "<S2> zz: ok <EOT>"}]
+    assert as_seen_by(rows, old, new) == [{"context": "<S0> hi <EOT>\n<S2> cy: yo <EOT>\n", "target": "<S2> zz: ok <EOT>"}]
+    faceless = dataclasses.replace(old, other_named=False)
+    assert as_seen_by(rows, faceless, new)[0]["context"] == "<S0> hi <EOT>\n<S2> yo <EOT>\n"
