@@ -86,7 +86,7 @@ class DataConfig(Section):
         True,
         description="A message under the shared others token carries its author's name (`<S63> name: text`), "
         "so the model can tell the long tail apart, answer whoever spoke, and name who speaks next; false: "
-        "the long tail is one faceless speaker, as in the original tool.",
+        "the long tail is one faceless speaker, as in the original tool. Unset with data.speaker_map: that map's.",
     )
     max_context_chars: int = Field(2000, ge=16, description="Context budget in characters; oldest messages go first.")
     max_message_chars: int = Field(2000, ge=16, description="Longer messages are cut to this many characters.")

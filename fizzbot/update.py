@@ -218,6 +218,9 @@ def run_update(cfg: FizzbotConfig, model_dir: str | Path, inputs: list[str], ove
         "data.inputs=" + json.dumps([str(Path(p).absolute()) for p in inputs]),
         f"data.output={workdir / 'new'}",
         f"data.speaker_map={model_dir}",
+        # The checkpoint's own convention for its long tail (a config from before data.name_others
+        # would otherwise read as the new default).
+        f"data.name_others={str(SpeakerMap.load(model_dir / layout.SPEAKER_MAP).other_named).lower()}",
         "data.val_jsonl=null",
         f"data.format={cfg.data.format}",
     ).data

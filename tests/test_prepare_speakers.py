@@ -119,6 +119,14 @@ def test_the_long_tail_speaks_under_its_own_names_with_name_others(tmp_path):
     prepare(config(corpus(tmp_path / "in"), plain, max_speakers=3, name_others=False), use_ray=False, report=False)
     assert not SpeakerMap.load(plain / "speaker_map.json").other_named
     assert not any(": " in r["target"] for r in rows(plain / "train.jsonl"))
+    # A stable map keeps its convention unless told otherwise (a checkpoint trained faceless refuses named data).
+    grown = tmp_path / "grown"
+    prepare(config(corpus(tmp_path / "in"), grown, max_speakers=3, speaker_map=str(plain)), use_ray=False, report=False)
+    assert not SpeakerMap.load(grown / "speaker_map.json").other_named
+    assert rows(grown / "train.jsonl") == rows(plain / "train.jsonl")
+    told = tmp_path / "told"
+    prepare(config(corpus(tmp_path / "in"), told, max_speakers=3, speaker_map=str(plain), name_others=True), use_ray=False, report=False)
+    assert SpeakerMap.load(told / "speaker_map.json").diff(SpeakerMap.load(plain / "speaker_map.json")) is not None
 
 
 # --- a stable speaker map --------------------------------------------------------------------------

@@ -203,7 +203,12 @@ def prepare(data: DataConfig, *, use_ray: bool = True, report: bool = True) -> P
             lengths = [a + b for a, b in zip(lengths, result.lengths)]
         if not counts:
             raise InputError("no messages left after the flood filter", path=", ".join(data.inputs))
-        speaker_map = build_speaker_map(counts, {a: name for a, (_, name) in latest.items()}, data.max_speakers, previous, excluded, data.name_others)
+        # A stable map keeps its long tail's convention (named or faceless) unless data.name_others is
+        # given: a checkpoint trained one way refuses data rendered the other.
+        name_others = data.name_others
+        if previous is not None and "name_others" not in data.model_fields_set:
+            name_others = previous.other_named
+        speaker_map = build_speaker_map(counts, {a: name for a, (_, name) in latest.items()}, data.max_speakers, previous, excluded, name_others)
         val_from = plan_split(segment_results, data.val_split, data.val_split_by, data.seed, data.val_jsonl is not None)
 
         # Stage 3: window every shard into examples.
