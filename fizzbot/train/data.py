@@ -6,8 +6,8 @@ every id after the first, so the training loss is not the validation loss's meas
 lose their oldest context messages, whole, never the target.
 
 Batches are planned globally, per epoch, from a seeded permutation: rows are sorted by length inside
-pools of `batch_size x bucket_size_multiplier`, cut into batches, and the batches shuffled in runs of
-neighbours (so the workers of a step get rows of about one length and none waits). Worker r
+pools of `batch_size x bucket_size_multiplier`, cut into batches, and the batches shuffled in pairs of
+neighbours (so two workers of a step get rows of about one length and neither waits). Worker r
 of W takes global batches r, r+W, ...; an optimizer step consumes W x grad_accum_steps of them. So
 the data position is one number (global batches consumed this epoch), valid for any W on resume.
 """
